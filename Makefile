@@ -1,0 +1,24 @@
+# CXRFuse: the two commands a newcomer types.
+#   make demo   installs everything if needed, then runs the pipeline on built-in synthetic data
+#   make test   installs everything if needed, then runs lint and the whole test suite
+PY := .venv/bin/python
+export YOLO_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup demo test lint bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) bench/convert.py

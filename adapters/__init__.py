@@ -1,0 +1,4 @@
+"""Framework adapters behind one train/predict interface.
+
+Each framework is imported only inside its own module, and only when used.
+"""

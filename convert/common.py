@@ -1,0 +1,298 @@
+"""The part every source shares: validated boxes → images converted → one COCO dataset with folds."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from convert.folds import assign_folds
+from convert.images import ImageJob, convert_image, find_images, parallel_map, source_size, target_size
+from core.coco import CocoDataset
+from core.io import atomic_open
+
+
+class ConversionError(ValueError):
+    """Bad input found while converting; the message names the file and row."""
+
+
+@dataclass(frozen=True)
+class SourceBox:
+    """One labelled box as the source gives it, in original (DICOM) pixels."""
+
+    image_key: str
+    class_id: int
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    annotator: str | None
+    row: int  # line number in the source CSV (header = 1)
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    row: int | None
+    image_key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}, row {self.row}" if self.row is not None else self.file
+        return f"{where} (image {self.image_key}): {self.message}"
+
+
+@dataclass
+class LabelTable:
+    """What a source's CSV says: every image key, its boxes, and the problems found."""
+
+    source_file: Path
+    image_keys: list[str]
+    boxes: dict[str, list[SourceBox]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def parse_float(value: str) -> float:
+    """A CSV field as float; empty → NaN."""
+    return float(value) if value.strip() != "" else math.nan
+
+
+def read_size_table(path: Path) -> dict[str, tuple[int, int]]:
+    """``image_id,dim0,dim1`` (original height, width) → ``{image_id: (width, height)}``.
+
+    Raises:
+        FileNotFoundError, ConversionError: naming the file and row.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: size table not found")
+    out: dict[str, tuple[int, int]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"image_id", "dim0", "dim1"} - set(reader.fieldnames or [])
+        if missing:
+            raise ConversionError(f"{path}: missing columns {sorted(missing)} (expected image_id,dim0,dim1)")
+        for row_no, r in enumerate(reader, start=2):
+            try:
+                h, w = int(float(r["dim0"])), int(float(r["dim1"]))
+            except ValueError:
+                raise ConversionError(f"{path}, row {row_no}: dim0/dim1 not integers: {r}") from None
+            if h <= 0 or w <= 0:
+                raise ConversionError(f"{path}, row {row_no}: non-positive size {h}x{w}")
+            out[r["image_id"]] = (w, h)
+    return out
+
+
+def check_boxes_inside(table: LabelTable, sizes: Mapping[str, tuple[int, int]], tol: float = 0.5) -> None:
+    """Add a problem for each box that leaves its original image (``tol`` pixels of slack)."""
+    for key in table.image_keys:
+        if key not in sizes:
+            continue
+        w, h = sizes[key]
+        for b in table.boxes.get(key, []):
+            if b.x1 < -tol or b.y1 < -tol or b.x2 > w + tol or b.y2 > h + tol:
+                table.problems.append(
+                    Problem(str(table.source_file), b.row, key,
+                            f"box [{b.x1}, {b.y1}, {b.x2}, {b.y2}] lies outside the {w}x{h} image")
+                )
+
+
+def write_problem_report(path: Path, problems: Sequence[Problem]) -> None:
+    with atomic_open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "row", "image_id", "problem"])
+        for p in problems:
+            w.writerow([p.file, "" if p.row is None else p.row, p.image_key, p.message])
+
+
+Fuser = Callable[[list[SourceBox], int, int], list[tuple[int, tuple[float, float, float, float], str | None]]]
+
+
+@dataclass
+class BuildOptions:
+    out_dir: Path
+    images_dir: Path | None = None
+    size_table: Path | None = None
+    labels_only: bool = False
+    size: int | None = 1024
+    workers: int = 1
+    n_folds: int = 5
+    val_fold: int = 0
+    seed: int = 0
+    on_error: str = "raise"  # raise | skip
+    default_size: tuple[int, int] | None = None  # (w, h) when neither images nor a size table give one
+
+
+def build_dataset(
+    table: LabelTable,
+    classes: Mapping[int, str],
+    fuse: Fuser,
+    opts: BuildOptions,
+    source: str,
+    extra_info: Mapping | None = None,
+) -> CocoDataset:
+    """Turn a label table into PNGs (unless labels-only) and COCO files with folds.
+
+    Writes under ``opts.out_dir``: ``images/<key>.png``, ``all.json``,
+    ``fold{k}_train.json``/``fold{k}_val.json`` for every fold, ``train.json``/
+    ``val.json`` for ``opts.val_fold``, and ``skipped.csv`` when anything was skipped.
+
+    Raises:
+        ConversionError: listing the problems (file, row, image) when ``on_error`` is
+            ``raise``; nothing is written before the labels and sizes check out.
+    """
+    out = opts.out_dir
+    if opts.on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {opts.on_error!r}")
+    # ---- original sizes: size table, else the images' headers
+    sources: dict[str, Path] = {}
+    if not opts.labels_only:
+        if opts.images_dir is None:
+            raise ConversionError("no image folder given: pass --images DIR, or --labels-only with --size-table")
+        found = find_images(opts.images_dir)
+        for key in table.image_keys:
+            if key in found:
+                sources[key] = found[key]
+            else:
+                table.problems.append(Problem(str(opts.images_dir), None, key, "no image file for this id"))
+    if opts.size_table is not None:
+        sizes = read_size_table(opts.size_table)
+        for key in table.image_keys:
+            if key not in sizes:
+                table.problems.append(Problem(str(opts.size_table), None, key, "image id missing from the size table"))
+    elif not opts.labels_only:
+        rasters = [k for k, p in sources.items() if p.suffix.lower() not in (".dicom", ".dcm")]
+        if rasters:
+            raise ConversionError(
+                f"{opts.images_dir}: {len(rasters)} images are PNG/JPEG (e.g. {sources[rasters[0]].name}); "
+                "their original DICOM size is unknown: pass --size-table (image_id,dim0,dim1)"
+            )
+        sizes = {}
+        for key, res in zip(sources, parallel_map(_header_size, list(sources.values()), opts.workers, "reading headers"), strict=True):
+            if isinstance(res, str):
+                table.problems.append(Problem(str(sources[key]), None, key, res))
+            else:
+                sizes[key] = res
+    elif opts.default_size is not None:
+        sizes = {k: opts.default_size for k in table.image_keys}
+    else:
+        raise ConversionError("--labels-only needs --size-table to know each image's original size")
+    check_boxes_inside(table, sizes)
+
+    bad = {p.image_key for p in table.problems}
+    if table.problems and opts.on_error == "raise":
+        shown = "\n  ".join(str(p) for p in table.problems[:20])
+        more = f"\n  ... and {len(table.problems) - 20} more" if len(table.problems) > 20 else ""
+        raise ConversionError(
+            f"{len(table.problems)} problem(s) in the input; nothing was written "
+            f"(use --on-error skip to leave those images out):\n  {shown}{more}"
+        )
+    keys = [k for k in table.image_keys if k not in bad]
+
+    # ---- images
+    out.mkdir(parents=True, exist_ok=True)
+    dims: dict[str, tuple[int, int]] = {}
+    if opts.labels_only:
+        dims = {k: target_size(*sizes[k], opts.size) for k in keys}
+    else:
+        jobs = [ImageJob(k, sources[k], out / "images" / f"{k}.png", opts.size) for k in keys]
+        for res in parallel_map(convert_image, jobs, opts.workers, "converting images"):
+            if res.error:
+                if opts.on_error == "raise":
+                    raise ConversionError(f"image {res.key}: {res.error}")
+                table.problems.append(Problem(str(sources[res.key]), None, res.key, res.error))
+            else:
+                dims[res.key] = (res.width, res.height)
+        keys = [k for k in keys if k in dims]
+    if table.problems:
+        write_problem_report(out / "skipped.csv", table.problems)
+        print(f"skipped {len({p.image_key for p in table.problems})} image(s); see {out / 'skipped.csv'}")
+
+    # ---- annotations: fuse annotators, scale to the written image
+    images, annotations = [], []
+    labels_per_image: dict[str, set[int]] = {}
+    for image_id, key in enumerate(sorted(keys)):
+        ow, oh = sizes[key]
+        w, h = dims[key]
+        images.append({"id": image_id, "file_name": f"images/{key}.png", "width": w, "height": h,
+                       "orig_width": ow, "orig_height": oh, "source_id": key})
+        sx, sy = w / ow, h / oh
+        fused = fuse(table.boxes.get(key, []), ow, oh)
+        labels_per_image[key] = {c for c, _, _ in fused}
+        for cid, (x1, y1, x2, y2), annotator in fused:
+            x1, x2 = min(max(x1 * sx, 0.0), w), min(max(x2 * sx, 0.0), w)
+            y1, y2 = min(max(y1 * sy, 0.0), h), min(max(y2 * sy, 0.0), h)
+            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cid),
+                   "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                   "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0}
+            if annotator is not None:
+                ann["rad_id"] = annotator
+            annotations.append(ann)
+    from convert.classes import coco_categories
+
+    info = {"source": source, "size": opts.size, "n_folds": opts.n_folds, "seed": opts.seed, **(extra_info or {})}
+    ds = CocoDataset(images, annotations, coco_categories(dict(classes)), root=out, info=info)
+    n_folds = min(opts.n_folds, len(keys)) if keys else 0
+    if n_folds >= 2:
+        folds = assign_folds(labels_per_image, n_folds, opts.seed)
+        for im in images:
+            im["fold"] = folds[im["source_id"]]
+        for k in range(n_folds):
+            val_ids = [im["id"] for im in images if im["fold"] == k]
+            train_ids = [im["id"] for im in images if im["fold"] != k]
+            for name, ids in (("train", train_ids), ("val", val_ids)):
+                sub = ds.subset(ids)
+                sub.info = {**info, "fold": k, "split": name}
+                sub.write(out / f"fold{k}_{name}.json")
+                if k == opts.val_fold:
+                    sub.write(out / f"{name}.json")
+    ds.write(out / "all.json")
+    return ds
+
+
+def _header_size(path: Path) -> tuple[int, int] | str:
+    try:
+        return source_size(path)
+    except Exception as e:
+        return str(e)
+
+
+def group_by_annotator(boxes: list[SourceBox]) -> dict[str | None, list[SourceBox]]:
+    by: dict[str | None, list[SourceBox]] = defaultdict(list)
+    for b in boxes:
+        by[b.annotator].append(b)
+    return dict(by)
+
+
+def make_fuser(method: str, iou_thr: float = 0.4) -> Fuser:
+    """Fusion of several annotators' boxes per image and class.
+
+    ``raw`` keeps every box with its annotator; ``wbf``/``nms`` treat each
+    annotator as a model whose boxes all score 1 and fuse per class.
+    """
+    if method == "raw":
+        return lambda boxes, w, h: [(b.class_id, (b.x1, b.y1, b.x2, b.y2), b.annotator) for b in boxes]
+    if method not in ("wbf", "nms"):
+        raise ValueError(f"unknown annotator fusion {method!r}; expected one of wbf, nms, raw")
+
+    def fuse(boxes: list[SourceBox], w: int, h: int):
+        if not boxes:
+            return []
+        from core.detections import Detections
+        from ensemble.fusion import fuse as fuse_models
+
+        dets = []
+        for group in group_by_annotator(boxes).values():
+            arr = np.array([[b.x1, b.y1, b.x2, b.y2] for b in group], np.float32)
+            arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, w)
+            arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, h)
+            dets.append(Detections(arr, np.ones(len(group), np.float32), np.array([b.class_id for b in group])))
+        fused = fuse_models(dets, w, h, method=method, iou_thr=iou_thr, skip_box_thr=0.0)
+        order = np.lexsort((fused.boxes[:, 1], fused.boxes[:, 0], fused.labels))
+        return [(int(fused.labels[i]), tuple(float(v) for v in fused.boxes[i]), None) for i in order]
+
+    return fuse

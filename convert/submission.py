@@ -1,0 +1,144 @@
+"""COCO results (+ gate scores) → the Kaggle submission CSVs of VinBigData and RSNA."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from convert.classes import VINBIG_NO_FINDING
+from core.coco import CocoDataset
+from core.detections import Detections, from_coco_results
+from core.io import atomic_open, read_json
+
+
+def read_gate(path: Path, dataset: CocoDataset) -> dict[int, float]:
+    """Gate file ``[{image_id, p_abnormal}, ...]`` → ``{image_id: p_abnormal}``.
+
+    Raises:
+        ValueError: naming entries that are malformed, out of [0, 1] or not in the dataset.
+    """
+    rows = read_json(path)
+    out: dict[int, float] = {}
+    known = set(dataset.image_ids)
+    for k, r in enumerate(rows):
+        try:
+            iid, p = int(r["image_id"]), float(r["p_abnormal"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: entry {k} is not {{image_id, p_abnormal}}: {r!r}") from None
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{path}: entry {k} (image {iid}) has p_abnormal {p} outside [0, 1]")
+        if iid not in known:
+            raise ValueError(f"{path}: entry {k} names image {iid}, which is not in {dataset.path}")
+        out[iid] = p
+    return out
+
+
+def load_results(path: Path, dataset: CocoDataset) -> dict[int, Detections]:
+    """A COCO results file, grouped per image; ids not in the dataset are an error naming them."""
+    dets = from_coco_results(read_json(path), dataset.image_ids)
+    unknown = sorted(set(dets) - set(dataset.image_ids))
+    if unknown:
+        raise ValueError(f"{path}: image ids {unknown[:10]} are not in {dataset.path}")
+    return dets
+
+
+def _original(d: Detections, im: Mapping) -> np.ndarray:
+    sx = im.get("orig_width", im["width"]) / im["width"]
+    sy = im.get("orig_height", im["height"]) / im["height"]
+    return d.scaled(sx, sy).boxes
+
+
+def vinbig_rows(
+    dataset: CocoDataset, dets: Mapping[int, Detections], gate: Mapping[int, float] | None = None
+) -> list[tuple[str, str]]:
+    """``(image_id, PredictionString)`` per dataset image, boxes in original DICOM pixels.
+
+    Each box is ``class score x_min y_min x_max y_max``. "No finding" (class 14,
+    box ``0 0 1 1``) comes from results of category 14 if present, else from the
+    gate as P(normal) = 1 − p_abnormal; an image with neither boxes nor a gate
+    score gets ``14 1 0 0 1 1``.
+    """
+    out = []
+    for iid in dataset.image_ids:
+        im = dataset.image(iid)
+        d = dets.get(iid, Detections.empty())
+        boxes = _original(d, im)
+        order = np.argsort(-d.scores, kind="stable")
+        parts = []
+        has_nf = False
+        for i in order:
+            c, s = int(d.labels[i]), float(d.scores[i])
+            if c == VINBIG_NO_FINDING:
+                has_nf = True
+                parts.append(f"14 {s:.6f} 0 0 1 1")
+            else:
+                x1, y1, x2, y2 = boxes[i]
+                parts.append(f"{c} {s:.6f} {x1:.1f} {y1:.1f} {x2:.1f} {y2:.1f}")
+        if not has_nf and gate is not None and iid in gate:
+            parts.append(f"14 {1.0 - gate[iid]:.6f} 0 0 1 1")
+        elif not parts:
+            parts.append("14 1 0 0 1 1")
+        out.append((str(im.get("source_id", iid)), " ".join(parts)))
+    return out
+
+
+def rsna_rows(dataset: CocoDataset, dets: Mapping[int, Detections]) -> list[tuple[str, str]]:
+    """``(patientId, PredictionString)`` per image: ``conf x y width height`` in original pixels."""
+    out = []
+    for iid in dataset.image_ids:
+        im = dataset.image(iid)
+        d = dets.get(iid, Detections.empty())
+        boxes = _original(d, im)
+        order = np.argsort(-d.scores, kind="stable")
+        parts = [
+            f"{d.scores[i]:.6f} {boxes[i, 0]:.1f} {boxes[i, 1]:.1f} {boxes[i, 2] - boxes[i, 0]:.1f} {boxes[i, 3] - boxes[i, 1]:.1f}"
+            for i in order
+        ]
+        out.append((str(im.get("source_id", iid)), " ".join(parts)))
+    return out
+
+
+def write_submission(
+    dataset_path: Path, results_path: Path, out_csv: Path, *, kind: str = "vinbig", gate_path: Path | None = None
+) -> Path:
+    """Write a Kaggle submission CSV atomically.
+
+    Args:
+        kind: ``vinbig`` (``image_id,PredictionString``) or ``rsna`` (``patientId,PredictionString``).
+
+    Raises:
+        ValueError: for an unknown ``kind`` or results/gate that do not match the dataset.
+    """
+    dataset = CocoDataset.load(dataset_path)
+    dets = load_results(Path(results_path), dataset)
+    if kind == "vinbig":
+        gate = read_gate(Path(gate_path), dataset) if gate_path else None
+        rows, header = vinbig_rows(dataset, dets, gate), ("image_id", "PredictionString")
+    elif kind == "rsna":
+        if gate_path:
+            raise ValueError("the RSNA submission has no 'No finding' row: drop --gate")
+        rows, header = rsna_rows(dataset, dets), ("patientId", "PredictionString")
+    else:
+        raise ValueError(f"unknown submission kind {kind!r}; expected vinbig or rsna")
+    with atomic_open(out_csv, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return Path(out_csv)
+
+
+def parse_vinbig_submission(path: Path) -> dict[str, list[tuple[int, float, float, float, float, float]]]:
+    """Read a VinBigData submission back: ``image_id → [(class, score, x1, y1, x2, y2), ...]``."""
+    out = {}
+    with open(path, newline="") as f:
+        for row_no, r in enumerate(csv.DictReader(f), start=2):
+            vals = r["PredictionString"].split()
+            if len(vals) % 6:
+                raise ValueError(f"{path}, row {row_no}: PredictionString has {len(vals)} values, not a multiple of 6")
+            out[r["image_id"]] = [
+                (int(vals[i]), *(float(v) for v in vals[i + 1 : i + 6])) for i in range(0, len(vals), 6)
+            ]
+    return out
