@@ -20,22 +20,47 @@ EPILOG = """examples:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder of the COCO dataset")
-    p.add_argument("--images", type=Path, help="folder of DICOMs (.dicom/.dcm) or already-resized PNG/JPEG files")
-    p.add_argument("--size-table", type=Path,
-                   help="CSV image_id,dim0,dim1 (original height, width); required with PNG/JPEG images or --labels-only")
-    p.add_argument("--labels-only", action="store_true", help="write the COCO files from the CSV and size table only")
-    p.add_argument("--size", type=int, default=1024, help="longer side of the written PNGs, aspect kept; 0 = original (default 1024)")
-    p.add_argument("--folds", type=int, default=5, help="number of folds, split by image, stratified by class (default 5)")
+    p.add_argument(
+        "--images", type=Path, help="folder of DICOMs (.dicom/.dcm) or already-resized PNG/JPEG files"
+    )
+    p.add_argument(
+        "--size-table",
+        type=Path,
+        help="CSV image_id,dim0,dim1 (original height, width); required with PNG/JPEG images or --labels-only",
+    )
+    p.add_argument(
+        "--labels-only", action="store_true", help="write the COCO files from the CSV and size table only"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=1024,
+        help="longer side of the written PNGs, aspect kept; 0 = original (default 1024)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=5,
+        help="number of folds, split by image, stratified by class (default 5)",
+    )
     p.add_argument("--val-fold", type=int, default=0, help="fold written as train.json/val.json (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold split")
     p.add_argument("--workers", type=int, default=1, help="processes for image work (default 1)")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="on bad input: stop with an error naming file and row (default), or skip those images and write skipped.csv")
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="on bad input: stop with an error naming file and row (default), or skip those images and write skipped.csv",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    parser = argparse.ArgumentParser(
+        prog="python -m convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("synth", help="write a synthetic raw dataset (VinBigData or RSNA layout, real DICOMs)")
@@ -46,19 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=384, help="smallest image side in pixels (vinbig)")
     p.add_argument("--max-size", type=int, default=640, help="largest image side in pixels (vinbig)")
     p.add_argument("--size", type=int, default=1024, help="image side (rsna, square)")
-    p.add_argument("--all-classes", action="store_true", help="draw all 14 VinBigData classes, not the default four")
+    p.add_argument(
+        "--all-classes", action="store_true", help="draw all 14 VinBigData classes, not the default four"
+    )
     p.add_argument("--workers", type=int, default=1)
 
     p = sub.add_parser("vinbig", help="VinBigData train.csv + DICOMs (or PNGs + size table) → COCO")
     p.add_argument("--csv", type=Path, required=True, help="VinBigData train.csv")
     _common(p)
-    p.add_argument("--annotators", choices=("wbf", "nms", "raw"), default="wbf",
-                   help="fuse the radiologists' boxes per image and class (default wbf), or keep all with rad_id (raw)")
+    p.add_argument(
+        "--annotators",
+        choices=("wbf", "nms", "raw"),
+        default="wbf",
+        help="fuse the radiologists' boxes per image and class (default wbf), or keep all with rad_id (raw)",
+    )
     p.add_argument("--iou-thr", type=float, default=0.4, help="IoU of the annotator fusion (default 0.4)")
 
     p = sub.add_parser("rsna", help="RSNA stage_2_train_labels.csv + DICOMs → COCO")
     p.add_argument("--labels", type=Path, required=True, help="stage_2_train_labels.csv")
-    p.add_argument("--class-info", type=Path, help="stage_2_detailed_class_info.csv, checked against the labels")
+    p.add_argument(
+        "--class-info", type=Path, help="stage_2_detailed_class_info.csv, checked against the labels"
+    )
     _common(p)
 
     p = sub.add_parser("yolo", help="COCO train/val → Ultralytics layout with data.yaml")
@@ -69,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submission", help="COCO results (+ gate) → Kaggle CSV in original DICOM pixels")
     p.add_argument("--dataset", type=Path, required=True, help="COCO dataset the predictions were made on")
     p.add_argument("--preds", type=Path, required=True, help="COCO results JSON")
-    p.add_argument("--gate", type=Path, help="gate scores [{image_id, p_abnormal}] for the 'No finding' row (vinbig)")
+    p.add_argument(
+        "--gate", type=Path, help="gate scores [{image_id, p_abnormal}] for the 'No finding' row (vinbig)"
+    )
     p.add_argument("--kind", choices=("vinbig", "rsna"), default="vinbig")
     p.add_argument("--out", type=Path, required=True)
 
@@ -87,25 +122,43 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.kind == "vinbig":
                 kw = {"classes": tuple(range(14))} if args.all_classes else {}
-                out = synth.make_vinbig(args.out, n_images=args.n_images, seed=args.seed,
-                                        sizes=(args.min_size, args.max_size), workers=args.workers, **kw)
+                out = synth.make_vinbig(
+                    args.out,
+                    n_images=args.n_images,
+                    seed=args.seed,
+                    sizes=(args.min_size, args.max_size),
+                    workers=args.workers,
+                    **kw,
+                )
             else:
                 out = synth.make_rsna(args.out, n_images=args.n_images, seed=args.seed, size=args.size)
             print(f"wrote a synthetic {args.kind} raw dataset to {out}")
         elif args.verb in ("vinbig", "rsna"):
-            common = dict(images_dir=args.images, size_table=args.size_table, labels_only=args.labels_only,
-                          size=args.size or None, n_folds=args.folds, val_fold=args.val_fold, seed=args.seed,
-                          workers=args.workers, on_error=args.on_error)
+            common = dict(
+                images_dir=args.images,
+                size_table=args.size_table,
+                labels_only=args.labels_only,
+                size=args.size or None,
+                n_folds=args.folds,
+                val_fold=args.val_fold,
+                seed=args.seed,
+                workers=args.workers,
+                on_error=args.on_error,
+            )
             if args.verb == "vinbig":
                 from convert.vinbig import convert_vinbig
 
-                ds = convert_vinbig(args.csv, args.out, annotators=args.annotators, iou_thr=args.iou_thr, **common)
+                ds = convert_vinbig(
+                    args.csv, args.out, annotators=args.annotators, iou_thr=args.iou_thr, **common
+                )
             else:
                 from convert.rsna import convert_rsna
 
                 ds = convert_rsna(args.labels, args.out, class_info=args.class_info, **common)
             print(ds.summary())
-            print(f"wrote {args.out}/all.json, train.json, val.json and fold files in {time.perf_counter() - t0:.1f} s")
+            print(
+                f"wrote {args.out}/all.json, train.json, val.json and fold files in {time.perf_counter() - t0:.1f} s"
+            )
         elif args.verb == "yolo":
             from convert.yolo import coco_to_yolo
 
@@ -113,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "submission":
             from convert.submission import write_submission
 
-            print(f"wrote {write_submission(args.dataset, args.preds, args.out, kind=args.kind, gate_path=args.gate)}")
+            print(
+                f"wrote {write_submission(args.dataset, args.preds, args.out, kind=args.kind, gate_path=args.gate)}"
+            )
         elif args.verb == "summary":
             from core.coco import CocoDataset
 

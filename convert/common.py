@@ -96,8 +96,12 @@ def check_boxes_inside(table: LabelTable, sizes: Mapping[str, tuple[int, int]], 
         for b in table.boxes.get(key, []):
             if b.x1 < -tol or b.y1 < -tol or b.x2 > w + tol or b.y2 > h + tol:
                 table.problems.append(
-                    Problem(str(table.source_file), b.row, key,
-                            f"box [{b.x1}, {b.y1}, {b.x2}, {b.y2}] lies outside the {w}x{h} image")
+                    Problem(
+                        str(table.source_file),
+                        b.row,
+                        key,
+                        f"box [{b.x1}, {b.y1}, {b.x2}, {b.y2}] lies outside the {w}x{h} image",
+                    )
                 )
 
 
@@ -152,7 +156,9 @@ def build_dataset(
     sources: dict[str, Path] = {}
     if not opts.labels_only:
         if opts.images_dir is None:
-            raise ConversionError("no image folder given: pass --images DIR, or --labels-only with --size-table")
+            raise ConversionError(
+                "no image folder given: pass --images DIR, or --labels-only with --size-table"
+            )
         found = find_images(opts.images_dir)
         for key in table.image_keys:
             if key in found:
@@ -163,7 +169,9 @@ def build_dataset(
         sizes = read_size_table(opts.size_table)
         for key in table.image_keys:
             if key not in sizes:
-                table.problems.append(Problem(str(opts.size_table), None, key, "image id missing from the size table"))
+                table.problems.append(
+                    Problem(str(opts.size_table), None, key, "image id missing from the size table")
+                )
     elif not opts.labels_only:
         rasters = [k for k, p in sources.items() if p.suffix.lower() not in (".dicom", ".dcm")]
         if rasters:
@@ -172,7 +180,11 @@ def build_dataset(
                 "their original DICOM size is unknown: pass --size-table (image_id,dim0,dim1)"
             )
         sizes = {}
-        for key, res in zip(sources, parallel_map(_header_size, list(sources.values()), opts.workers, "reading headers"), strict=True):
+        for key, res in zip(
+            sources,
+            parallel_map(_header_size, list(sources.values()), opts.workers, "reading headers"),
+            strict=True,
+        ):
             if isinstance(res, str):
                 table.problems.append(Problem(str(sources[key]), None, key, res))
             else:
@@ -218,23 +230,43 @@ def build_dataset(
     for image_id, key in enumerate(sorted(keys)):
         ow, oh = sizes[key]
         w, h = dims[key]
-        images.append({"id": image_id, "file_name": f"images/{key}.png", "width": w, "height": h,
-                       "orig_width": ow, "orig_height": oh, "source_id": key})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"images/{key}.png",
+                "width": w,
+                "height": h,
+                "orig_width": ow,
+                "orig_height": oh,
+                "source_id": key,
+            }
+        )
         sx, sy = w / ow, h / oh
         fused = fuse(table.boxes.get(key, []), ow, oh)
         labels_per_image[key] = {c for c, _, _ in fused}
         for cid, (x1, y1, x2, y2), annotator in fused:
             x1, x2 = min(max(x1 * sx, 0.0), w), min(max(x2 * sx, 0.0), w)
             y1, y2 = min(max(y1 * sy, 0.0), h), min(max(y2 * sy, 0.0), h)
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cid),
-                   "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                   "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(cid),
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "area": round((x2 - x1) * (y2 - y1), 2),
+                "iscrowd": 0,
+            }
             if annotator is not None:
                 ann["rad_id"] = annotator
             annotations.append(ann)
     from convert.classes import coco_categories
 
-    info = {"source": source, "size": opts.size, "n_folds": opts.n_folds, "seed": opts.seed, **(extra_info or {})}
+    info = {
+        "source": source,
+        "size": opts.size,
+        "n_folds": opts.n_folds,
+        "seed": opts.seed,
+        **(extra_info or {}),
+    }
     ds = CocoDataset(images, annotations, coco_categories(dict(classes)), root=out, info=info)
     n_folds = min(opts.n_folds, len(keys)) if keys else 0
     if n_folds >= 2:
@@ -290,7 +322,9 @@ def make_fuser(method: str, iou_thr: float = 0.4) -> Fuser:
             arr = np.array([[b.x1, b.y1, b.x2, b.y2] for b in group], np.float32)
             arr[:, [0, 2]] = arr[:, [0, 2]].clip(0, w)
             arr[:, [1, 3]] = arr[:, [1, 3]].clip(0, h)
-            dets.append(Detections(arr, np.ones(len(group), np.float32), np.array([b.class_id for b in group])))
+            dets.append(
+                Detections(arr, np.ones(len(group), np.float32), np.array([b.class_id for b in group]))
+            )
         fused = fuse_models(dets, w, h, method=method, iou_thr=iou_thr, skip_box_thr=0.0)
         order = np.lexsort((fused.boxes[:, 1], fused.boxes[:, 0], fused.labels))
         return [(int(fused.labels[i]), tuple(float(v) for v in fused.boxes[i]), None) for i in order]

@@ -58,10 +58,12 @@ def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
     """
     if not path.is_file():
         raise FileNotFoundError(f"DICOM file not found: {path}")
+    forced = False
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
         # No 128-byte preamble + "DICM": maybe a bare dataset (no file meta).
+        forced = True
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
         except Exception as exc:  # pydicom raises many types on garbage input
@@ -69,16 +71,28 @@ def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
     except Exception as exc:
         raise DicomError(f"{path}: cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
 
-    # A forced read of a non-DICOM file yields an (almost) empty dataset.
     if "Rows" not in ds or "Columns" not in ds:
-        raise DicomError(f"{path}: not a DICOM image (no Rows/Columns; not DICOM or not an image)")
+        if forced:
+            reason = "not a DICOM file (no DICOM preamble and no image elements)"
+        elif len(ds) == 0:
+            reason = "truncated or corrupt: no data element could be read after the file meta"
+        else:
+            reason = "not an image (no Rows/Columns)"
+        raise DicomError(f"{path}: {reason}")
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
-        # Without file meta pydicom has guessed the encoding while reading; a
-        # dataset without file meta is by the standard Implicit VR Little Endian.
+        # Without a transfer syntax pydicom has read the dataset in the encoding
+        # it detected; name that (native) encoding so the pixel data can be
+        # decoded, assuming Implicit VR Little Endian, the DICOM default.
         if meta is None:
             ds.file_meta = pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if implicit is False and little is True:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        elif little is False:
+            raise DicomError(f"{path}: no transfer syntax and big-endian data; cannot tell how to decode it")
+        else:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     return ds
 
 
@@ -122,42 +136,37 @@ def read_dicom_header(path: str | Path) -> dict[str, Any]:
 
 
 def _modality(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Modality LUT → float32 (or the stored array unchanged when it is the identity)."""
+    """Modality LUT: stored values → a new float32 array of modality values (one copy)."""
     if "ModalityLUTSequence" in ds:
         return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
     slope = _first(ds.get("RescaleSlope"))
     intercept = _first(ds.get("RescaleIntercept"))
-    slope = 1.0 if slope is None else slope
-    intercept = 0.0 if intercept is None else intercept
-    if slope == 1.0 and intercept == 0.0:
-        return arr
-    out = arr.astype(np.float32)
-    if slope != 1.0:
+    out = arr.astype(np.float32)  # always a copy: the caller works on it in place
+    if slope is not None and slope != 1.0:
         out *= np.float32(slope)
-    if intercept != 0.0:
+    if intercept is not None and intercept != 0.0:
         out += np.float32(intercept)
     return out
 
 
-def _voi(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """VOI LUT → float32, or ``arr`` unchanged when the file has none."""
-    if "VOILUTSequence" in ds:
-        return np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float32)
+def _voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """VOI LUT on float32 modality values, in place where possible; unchanged without one."""
+    if "VOILUTSequence" in ds:  # table lookup needs integer input
+        return np.asarray(apply_voi_lut(np.rint(values).astype(np.int32), ds, index=0), dtype=np.float32)
     center = _first(ds.get("WindowCenter"))
     width = _first(ds.get("WindowWidth"))
     if center is None or width is None or width <= 0:
-        return arr
+        return values
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
     if function != "LINEAR" or width < 1:
-        return np.asarray(apply_voi_lut(arr, ds, index=0), dtype=np.float32)
+        return np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float32)
     # DICOM PS3.3 C.11.2.1.2.1 LINEAR: the output is linear between these two
     # input values and clipped outside; the output range is irrelevant here
     # because the result is min-max normalised afterwards.
     lower = center - 0.5 - (width - 1.0) / 2.0
     upper = center - 0.5 + (width - 1.0) / 2.0
-    out = arr.astype(np.float32, copy=True)
-    np.clip(out, lower, upper, out=out)
-    return out
+    np.clip(values, lower, upper, out=values)
+    return values
 
 
 def dicom_to_uint8(path: str | Path, *, use_voi_lut: bool = True) -> np.ndarray:
@@ -204,7 +213,8 @@ def dicom_to_uint8(path: str | Path, *, use_voi_lut: bool = True) -> np.ndarray:
         arr = arr[0]
     if arr.ndim != 2:
         raise DicomError(f"{path}: decoded pixel array has shape {arr.shape}; expected (rows, columns)")
-    del ds.PixelData  # drop the encoded bytes early; the array is what we keep
+    if "PixelData" in ds:
+        del ds.PixelData  # drop the encoded bytes early; the array is what we keep
 
     values = _modality(arr, ds)
     del arr
@@ -216,7 +226,7 @@ def dicom_to_uint8(path: str | Path, *, use_voi_lut: bool = True) -> np.ndarray:
     if hi <= lo:
         out = np.zeros(values.shape, dtype=np.uint8)
     else:
-        scaled = values.astype(np.float32, copy=False)  # our own array when already float32
+        scaled = values.astype(np.float32, copy=False)  # our own float32 array, scaled in place
         del values
         scaled -= np.float32(lo)
         scaled *= np.float32(255.0 / (hi - lo))

@@ -81,9 +81,11 @@ def convert_image(job: ImageJob) -> ImageResult:
     """Decode, resize and write one image; errors are returned, not raised (for the pool)."""
     try:
         if job.out.exists():
+            # a re-run keeps what is already written, unless it was made for another --size
             w, h = image_size(job.out)
             sw, sh = source_size(job.src)
-            return ImageResult(job.key, w, h, sw, sh, skipped_existing=True)
+            if (w, h) == target_size(sw, sh, job.size):
+                return ImageResult(job.key, w, h, sw, sh, skipped_existing=True)
         if job.src.suffix.lower() in DICOM_SUFFIXES:
             from convert.dicom import dicom_to_uint8
 
@@ -102,7 +104,9 @@ def convert_image(job: ImageJob) -> ImageResult:
         return ImageResult(job.key, 0, 0, 0, 0, error=f"{job.src}: {e}")
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str, total: int | None = None) -> Iterator[R]:
+def parallel_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str, total: int | None = None
+) -> Iterator[R]:
     """``map(fn, items)`` over ``workers`` processes with a progress bar; results in input order."""
     from tqdm import tqdm
 

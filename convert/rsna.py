@@ -7,7 +7,16 @@ import math
 from pathlib import Path
 
 from convert.classes import RSNA_CLASSES
-from convert.common import BuildOptions, ConversionError, LabelTable, Problem, SourceBox, build_dataset, make_fuser, parse_float
+from convert.common import (
+    BuildOptions,
+    ConversionError,
+    LabelTable,
+    Problem,
+    SourceBox,
+    build_dataset,
+    make_fuser,
+    parse_float,
+)
 from core.coco import CocoDataset
 
 RSNA_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
@@ -70,10 +79,14 @@ def check_class_info(path: Path, table: LabelTable) -> dict[str, str]:
         for row_no, r in enumerate(csv.DictReader(f), start=2):
             key, cls = r.get("patientId", ""), r.get("class", "")
             if key in info and info[key] != cls:
-                table.problems.append(Problem(str(path), row_no, key, f"class {cls!r} disagrees with {info[key]!r}"))
+                table.problems.append(
+                    Problem(str(path), row_no, key, f"class {cls!r} disagrees with {info[key]!r}")
+                )
             info[key] = cls
             if (cls == "Lung Opacity") != bool(table.boxes.get(key)):
-                table.problems.append(Problem(str(path), row_no, key, f"class {cls!r} disagrees with the boxes in the labels"))
+                table.problems.append(
+                    Problem(str(path), row_no, key, f"class {cls!r} disagrees with the boxes in the labels")
+                )
     return info
 
 
@@ -100,9 +113,19 @@ def convert_rsna(
     table = read_rsna_csv(labels_csv)
     if class_info is not None:
         check_class_info(Path(class_info), table)
-    opts = BuildOptions(out_dir=Path(out_dir), images_dir=images_dir, size_table=size_table, labels_only=labels_only,
-                        size=size, workers=workers, n_folds=n_folds, val_fold=val_fold, seed=seed, on_error=on_error,
-                        default_size=RSNA_SIZE)
+    opts = BuildOptions(
+        out_dir=Path(out_dir),
+        images_dir=images_dir,
+        size_table=size_table,
+        labels_only=labels_only,
+        size=size,
+        workers=workers,
+        n_folds=n_folds,
+        val_fold=val_fold,
+        seed=seed,
+        on_error=on_error,
+        default_size=RSNA_SIZE,
+    )
     if labels_only and images_dir is not None:
         raise ConversionError("--labels-only and --images exclude each other")
     return build_dataset(table, RSNA_CLASSES, make_fuser("raw"), opts, source="rsna")

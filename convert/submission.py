@@ -102,7 +102,12 @@ def rsna_rows(dataset: CocoDataset, dets: Mapping[int, Detections]) -> list[tupl
 
 
 def write_submission(
-    dataset_path: Path, results_path: Path, out_csv: Path, *, kind: str = "vinbig", gate_path: Path | None = None
+    dataset_path: Path,
+    results_path: Path,
+    out_csv: Path,
+    *,
+    kind: str = "vinbig",
+    gate_path: Path | None = None,
 ) -> Path:
     """Write a Kaggle submission CSV atomically.
 
@@ -137,7 +142,9 @@ def parse_vinbig_submission(path: Path) -> dict[str, list[tuple[int, float, floa
         for row_no, r in enumerate(csv.DictReader(f), start=2):
             vals = r["PredictionString"].split()
             if len(vals) % 6:
-                raise ValueError(f"{path}, row {row_no}: PredictionString has {len(vals)} values, not a multiple of 6")
+                raise ValueError(
+                    f"{path}, row {row_no}: PredictionString has {len(vals)} values, not a multiple of 6"
+                )
             out[r["image_id"]] = [
                 (int(vals[i]), *(float(v) for v in vals[i + 1 : i + 6])) for i in range(0, len(vals), 6)
             ]

@@ -53,20 +53,34 @@ def read_vinbig_csv(path: Path) -> LabelTable:
             try:
                 cid = int(float(r["class_id"]))
             except ValueError:
-                table.problems.append(Problem(str(path), row_no, key, f"class_id {r['class_id']!r} is not an integer"))
+                table.problems.append(
+                    Problem(str(path), row_no, key, f"class_id {r['class_id']!r} is not an integer")
+                )
                 continue
             if cid == VINBIG_NO_FINDING:
                 if r["class_name"] != VINBIG_NO_FINDING_NAME:
-                    table.problems.append(Problem(str(path), row_no, key, f"class_id 14 but class_name {r['class_name']!r}"))
-                elif any(r[c].strip() not in ("", "nan", "NaN") for c in ("x_min", "y_min", "x_max", "y_max")):
+                    table.problems.append(
+                        Problem(str(path), row_no, key, f"class_id 14 but class_name {r['class_name']!r}")
+                    )
+                elif any(
+                    r[c].strip() not in ("", "nan", "NaN") for c in ("x_min", "y_min", "x_max", "y_max")
+                ):
                     table.problems.append(Problem(str(path), row_no, key, "a 'No finding' row with a box"))
                 continue
             if cid not in VINBIG_CLASSES:
-                table.problems.append(Problem(str(path), row_no, key, f"unknown class_id {cid} (expected 0..14)"))
+                table.problems.append(
+                    Problem(str(path), row_no, key, f"unknown class_id {cid} (expected 0..14)")
+                )
                 continue
             if r["class_name"] != VINBIG_CLASSES[cid]:
-                table.problems.append(Problem(str(path), row_no, key,
-                                              f"class_name {r['class_name']!r} does not match class_id {cid} ({VINBIG_CLASSES[cid]!r})"))
+                table.problems.append(
+                    Problem(
+                        str(path),
+                        row_no,
+                        key,
+                        f"class_name {r['class_name']!r} does not match class_id {cid} ({VINBIG_CLASSES[cid]!r})",
+                    )
+                )
                 continue
             try:
                 x1, y1, x2, y2 = (parse_float(r[c]) for c in ("x_min", "y_min", "x_max", "y_max"))
@@ -74,12 +88,22 @@ def read_vinbig_csv(path: Path) -> LabelTable:
                 table.problems.append(Problem(str(path), row_no, key, "a box coordinate is not a number"))
                 continue
             if any(math.isnan(v) for v in (x1, y1, x2, y2)):
-                table.problems.append(Problem(str(path), row_no, key, f"lesion row ({VINBIG_CLASSES[cid]}) with an empty or NaN box"))
+                table.problems.append(
+                    Problem(
+                        str(path), row_no, key, f"lesion row ({VINBIG_CLASSES[cid]}) with an empty or NaN box"
+                    )
+                )
                 continue
             if x2 < x1 or y2 < y1:
-                table.problems.append(Problem(str(path), row_no, key, f"x_max < x_min or y_max < y_min: [{x1}, {y1}, {x2}, {y2}]"))
+                table.problems.append(
+                    Problem(
+                        str(path), row_no, key, f"x_max < x_min or y_max < y_min: [{x1}, {y1}, {x2}, {y2}]"
+                    )
+                )
                 continue
-            table.boxes.setdefault(key, []).append(SourceBox(key, cid, x1, y1, x2, y2, r["rad_id"] or None, row_no))
+            table.boxes.setdefault(key, []).append(
+                SourceBox(key, cid, x1, y1, x2, y2, r["rad_id"] or None, row_no)
+            )
     table.image_keys = list(seen)
     return table
 
@@ -106,7 +130,23 @@ def convert_vinbig(
     radiologists' boxes per image and class; ``raw`` keeps each with its ``rad_id``.
     """
     table = read_vinbig_csv(csv_path)
-    opts = BuildOptions(out_dir=Path(out_dir), images_dir=images_dir, size_table=size_table, labels_only=labels_only,
-                        size=size, workers=workers, n_folds=n_folds, val_fold=val_fold, seed=seed, on_error=on_error)
-    return build_dataset(table, VINBIG_CLASSES, make_fuser(annotators, iou_thr), opts, source="vinbig",
-                         extra_info={"annotators": annotators, "annotator_iou_thr": iou_thr})
+    opts = BuildOptions(
+        out_dir=Path(out_dir),
+        images_dir=images_dir,
+        size_table=size_table,
+        labels_only=labels_only,
+        size=size,
+        workers=workers,
+        n_folds=n_folds,
+        val_fold=val_fold,
+        seed=seed,
+        on_error=on_error,
+    )
+    return build_dataset(
+        table,
+        VINBIG_CLASSES,
+        make_fuser(annotators, iou_thr),
+        opts,
+        source="vinbig",
+        extra_info={"annotators": annotators, "annotator_iou_thr": iou_thr},
+    )

@@ -55,14 +55,21 @@ def coco_to_yolo(train_json: Path, val_json: Path, out_dir: Path) -> Path:
             for a in ds.annotations_of(iid):
                 x, y, w, h = a["bbox"]
                 W, H = im["width"], im["height"]
-                lines.append(f"{index[int(a['category_id'])]} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} {w / W:.6f} {h / H:.6f}")
+                lines.append(
+                    f"{index[int(a['category_id'])]} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} {w / W:.6f} {h / H:.6f}"
+                )
             label = out_dir / "labels" / split / f"{stem}.txt"
             label.parent.mkdir(parents=True, exist_ok=True)
             with atomic_open(label, "w") as f:
                 f.write("\n".join(lines) + ("\n" if lines else ""))
     names = {i: train.category_names[cid] for cid, i in index.items()}
-    data = {"path": str(out_dir), "train": "images/train", "val": "images/val", "names": names,
-            "category_ids": [cid for cid, _ in sorted(index.items(), key=lambda kv: kv[1])]}
+    data = {
+        "path": str(out_dir),
+        "train": "images/train",
+        "val": "images/val",
+        "names": names,
+        "category_ids": [cid for cid, _ in sorted(index.items(), key=lambda kv: kv[1])],
+    }
     with atomic_open(out_dir / "data.yaml", "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
     return out_dir / "data.yaml"

@@ -80,7 +80,9 @@ class CocoDataset:
             return Detections.empty()
         b = np.array([a["bbox"] for a in anns], np.float32)
         b[:, 2:] += b[:, :2]
-        return Detections(b, np.ones(len(anns), np.float32), np.array([a["category_id"] for a in anns], np.int64))
+        return Detections(
+            b, np.ones(len(anns), np.float32), np.array([a["category_id"] for a in anns], np.int64)
+        )
 
     def is_normal(self, image_id: int) -> bool:
         return not self.annotations_of(image_id)
@@ -137,7 +139,9 @@ class CocoDataset:
             if iid in self._images_by_id:
                 raise ValueError(f"{where}image id {iid} appears twice ({im['file_name']})")
             if int(im["width"]) <= 0 or int(im["height"]) <= 0:
-                raise ValueError(f"{where}image {iid} ({im['file_name']}) has size {im['width']}x{im['height']}")
+                raise ValueError(
+                    f"{where}image {iid} ({im['file_name']}) has size {im['width']}x{im['height']}"
+                )
             self._images_by_id[iid] = im
         self._anns_by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
         ann_ids = set()
@@ -163,7 +167,14 @@ class CocoDataset:
             x, y, w, h = bbox
             im = self._images_by_id[iid]
             tol = 1.0
-            if w < 0 or h < 0 or x < -tol or y < -tol or x + w > im["width"] + tol or y + h > im["height"] + tol:
+            if (
+                w < 0
+                or h < 0
+                or x < -tol
+                or y < -tol
+                or x + w > im["width"] + tol
+                or y + h > im["height"] + tol
+            ):
                 raise ValueError(
                     f"{where}annotation {aid} (image {iid}, {im['file_name']}) has bbox {bbox} outside "
                     f"the {im['width']}x{im['height']} image or with a negative size"

@@ -68,7 +68,9 @@ class Detections:
         return Detections(self.boxes * np.array([sx, sy, sx, sy], np.float32), self.scores, self.labels)
 
 
-def from_coco_results(results: Iterable[Mapping], image_ids: Iterable[int] | None = None) -> dict[int, Detections]:
+def from_coco_results(
+    results: Iterable[Mapping], image_ids: Iterable[int] | None = None
+) -> dict[int, Detections]:
     """Group a COCO results list (``bbox`` as ``[x, y, w, h]``) by ``image_id``.
 
     Every id in ``image_ids`` gets an entry, empty where it has no results.
@@ -93,7 +95,9 @@ def from_coco_results(results: Iterable[Mapping], image_ids: Iterable[int] | Non
             out[image_id] = Detections.empty()
             continue
         boxes, scores, labels = zip(*items, strict=True)
-        out[image_id] = Detections(np.array(boxes, np.float32), np.array(scores, np.float32), np.array(labels, np.int64))
+        out[image_id] = Detections(
+            np.array(boxes, np.float32), np.array(scores, np.float32), np.array(labels, np.int64)
+        )
     return out
 
 
@@ -102,12 +106,19 @@ def to_coco_results(detections: Mapping[int, Detections], decimals: int = 2) -> 
     out: list[dict] = []
     for image_id in sorted(detections):
         d = detections[image_id]
-        for (x1, y1, x2, y2), s, c in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True):
+        for (x1, y1, x2, y2), s, c in zip(
+            d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True
+        ):
             out.append(
                 {
                     "image_id": int(image_id),
                     "category_id": int(c),
-                    "bbox": [round(x1, decimals), round(y1, decimals), round(x2 - x1, decimals), round(y2 - y1, decimals)],
+                    "bbox": [
+                        round(x1, decimals),
+                        round(y1, decimals),
+                        round(x2 - x1, decimals),
+                        round(y2 - y1, decimals),
+                    ],
                     "score": round(float(s), 6),
                 }
             )

@@ -72,8 +72,9 @@ if [[ -z "$D2_WHEEL" ]]; then
     "${PIP[@]}" install -q "setuptools<70" wheel
     "${PIP[@]}" download -q --no-deps --no-build-isolation --no-binary :all: \
         "pb1-detectron2==$D2_VERSION" -d "$BUILD2"
-    tar -xzf "$BUILD2"/pb1-detectron2-"$D2_VERSION".tar.gz -C "$BUILD2"
-    SRC="$(ls -d "$BUILD2"/pb1-detectron2-"$D2_VERSION" "$BUILD2"/pb1_detectron2-"$D2_VERSION" 2>/dev/null | head -1)"
+    tar -xzf "$BUILD2"/pb1*detectron2-"$D2_VERSION".tar.gz -C "$BUILD2"
+    SRC="$(find "$BUILD2" -mindepth 1 -maxdepth 1 -type d -name "pb1?detectron2-$D2_VERSION" | head -1)"
+    [[ -n "$SRC" ]] || { echo "detectron2 sdist did not unpack as expected in $BUILD2" >&2; exit 1; }
     sed -i 's/ext_modules=get_extensions(),/ext_modules=[],/' "$SRC/setup.py"
     grep -q 'ext_modules=\[\]' "$SRC/setup.py" || { echo "detectron2 setup.py patch failed" >&2; exit 1; }
     (cd "$SRC" && "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$BUILD2/out" .)

@@ -31,8 +31,9 @@ def _write(tmp_path, rows):
 
 def _convert(tmp_path, rows, **kw):
     csv_path, meta = _write(tmp_path, rows)
-    return convert_vinbig(csv_path, tmp_path / "out", size_table=meta, labels_only=True, annotators="raw",
-                          n_folds=2, **kw)
+    return convert_vinbig(
+        csv_path, tmp_path / "out", size_table=meta, labels_only=True, annotators="raw", n_folds=2, **kw
+    )
 
 
 BAD_ROWS = [
@@ -60,8 +61,14 @@ def test_skip_goes_on_and_reports(tmp_path):
     assert sorted(im["source_id"] for im in ds.images) == ["aaa", "ccc"]  # bbb dropped whole
     with open(tmp_path / "out" / "skipped.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows == [{"file": str(tmp_path / "train.csv"), "row": "7", "image_id": "bbb",
-                     "problem": "x_max < x_min or y_max < y_min: [350.0, 200.0, 300.0, 350.0]"}]
+    assert rows == [
+        {
+            "file": str(tmp_path / "train.csv"),
+            "row": "7",
+            "image_id": "bbb",
+            "problem": "x_max < x_min or y_max < y_min: [350.0, 200.0, 300.0, 350.0]",
+        }
+    ]
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".part")]
 
 
@@ -84,8 +91,24 @@ def test_missing_size_table_row(tmp_path):
 
 def test_cli_error_exits_non_zero_with_message(tmp_path):
     csv_path, meta = _write(tmp_path, [*GOOD, BAD_ROWS[0][0]])
-    r = subprocess.run([sys.executable, "-m", "convert", "vinbig", "--csv", str(csv_path), "--size-table", str(meta),
-                        "--labels-only", "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "vinbig",
+            "--csv",
+            str(csv_path),
+            "--size-table",
+            str(meta),
+            "--labels-only",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "row 7" in r.stderr and "Traceback" not in r.stderr
 
 

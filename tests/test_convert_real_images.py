@@ -12,7 +12,9 @@ from convert.vinbig import convert_vinbig
 from core.io import read_image_gray
 from tests.conftest_paths import VINBIG
 
-SAME_IMAGE = "0c7a38f293d5f5e4846aa4ca6db4daf1"  # present as a 1/3-scale JPEG and as a stretched 1024x1024 PNG
+SAME_IMAGE = (
+    "0c7a38f293d5f5e4846aa4ca6db4daf1"  # present as a 1/3-scale JPEG and as a stretched 1024x1024 PNG
+)
 
 
 def _subset_csv(path, ids):
@@ -27,14 +29,23 @@ def _convert_folder(tmp_path, folder, size=512):
     src = VINBIG / "images" / folder
     ids = {p.stem for p in src.iterdir()}
     _subset_csv(tmp_path / "train.csv", ids)
-    return convert_vinbig(tmp_path / "train.csv", tmp_path / "coco", images_dir=src,
-                          size_table=VINBIG / "train_meta.csv", annotators="raw", size=size, n_folds=2)
+    return convert_vinbig(
+        tmp_path / "train.csv",
+        tmp_path / "coco",
+        images_dir=src,
+        size_table=VINBIG / "train_meta.csv",
+        annotators="raw",
+        size=size,
+        n_folds=2,
+    )
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    return {f: _convert_folder(tmp_path_factory.mktemp(f), f)
-            for f in ("png_fullres", "png_1024x1024", "jpg_third_scale")}
+    return {
+        f: _convert_folder(tmp_path_factory.mktemp(f), f)
+        for f in ("png_fullres", "png_1024x1024", "jpg_third_scale")
+    }
 
 
 @pytest.mark.parametrize("folder", ["png_fullres", "png_1024x1024", "jpg_third_scale"])
@@ -82,11 +93,15 @@ def test_same_image_two_formats_gives_the_same_box_content(converted):
         ds = converted[folder]
         im = next(i for i in ds.images if i["source_id"] == SAME_IMAGE)
         img = read_image_gray(ds.image_path(im["id"])).astype(np.float32)
-        anns = sorted(ds.annotations_of(im["id"]), key=lambda a: (a["category_id"], a["rad_id"], a["bbox"][0]))
+        anns = sorted(
+            ds.annotations_of(im["id"]), key=lambda a: (a["category_id"], a["rad_id"], a["bbox"][0])
+        )
         assert anns
         for a in anns:
             x, y, w, h = (round(v) for v in a["bbox"])
-            crops.append((folder, a["category_id"], a["rad_id"], cv2.resize(img[y:y + h, x:x + w], (32, 32))))
+            crops.append(
+                (folder, a["category_id"], a["rad_id"], cv2.resize(img[y : y + h, x : x + w], (32, 32)))
+            )
     half = len(crops) // 2
     assert half >= 1
     for (_, c1, r1, p), (_, c2, r2, q) in zip(crops[:half], crops[half:], strict=True):

@@ -15,9 +15,19 @@ from tests.conftest_paths import RSNA, VINBIG
 
 # VinDr-CXR / Kaggle train.csv box counts per class (all three radiologists' boxes).
 PUBLISHED_VINBIG = {
-    "Aortic enlargement": 7162, "Atelectasis": 279, "Calcification": 960, "Cardiomegaly": 5427,
-    "Consolidation": 556, "ILD": 1000, "Infiltration": 1247, "Lung Opacity": 2483, "Nodule/Mass": 2580,
-    "Other lesion": 2203, "Pleural effusion": 2476, "Pleural thickening": 4842, "Pneumothorax": 226,
+    "Aortic enlargement": 7162,
+    "Atelectasis": 279,
+    "Calcification": 960,
+    "Cardiomegaly": 5427,
+    "Consolidation": 556,
+    "ILD": 1000,
+    "Infiltration": 1247,
+    "Lung Opacity": 2483,
+    "Nodule/Mass": 2580,
+    "Other lesion": 2203,
+    "Pleural effusion": 2476,
+    "Pleural thickening": 4842,
+    "Pneumothorax": 226,
     "Pulmonary fibrosis": 4655,
 }
 
@@ -25,8 +35,14 @@ PUBLISHED_VINBIG = {
 @pytest.fixture(scope="module")
 def vinbig_raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("vinbig_raw")
-    ds = convert_vinbig(VINBIG / "train.csv", out, size_table=VINBIG / "train_meta.csv", labels_only=True,
-                        annotators="raw", size=1024)
+    ds = convert_vinbig(
+        VINBIG / "train.csv",
+        out,
+        size_table=VINBIG / "train_meta.csv",
+        labels_only=True,
+        annotators="raw",
+        size=1024,
+    )
     return out, ds
 
 
@@ -50,7 +66,8 @@ def test_vinbig_boxes_scaled_into_the_written_frame(vinbig_raw):
         for r in csv.DictReader(f):
             if r["class_id"] != "14":
                 rows.setdefault((r["image_id"], r["rad_id"], int(r["class_id"])), []).append(
-                    [float(r[k]) for k in ("x_min", "y_min", "x_max", "y_max")])
+                    [float(r[k]) for k in ("x_min", "y_min", "x_max", "y_max")]
+                )
     checked = 0
     for im in ds.images[:400]:
         assert max(im["width"], im["height"]) == 1024
@@ -59,7 +76,10 @@ def test_vinbig_boxes_scaled_into_the_written_frame(vinbig_raw):
             x, y, w, h = a["bbox"]
             back = [x * sx, y * sy, (x + w) * sx, (y + h) * sy]
             truth = rows[(im["source_id"], a["rad_id"], a["category_id"])]
-            assert min(max(abs(p - q) for p, q in zip(back, t, strict=True)) for t in truth) < 0.02 * max(sx, sy) + 1e-6
+            assert (
+                min(max(abs(p - q) for p, q in zip(back, t, strict=True)) for t in truth)
+                < 0.02 * max(sx, sy) + 1e-6
+            )
             checked += 1
     assert checked > 500
 
@@ -70,7 +90,9 @@ def test_vinbig_folds_are_stratified(vinbig_raw):
     assert sorted(folds) == [0, 1, 2, 3, 4] and max(folds.values()) - min(folds.values()) <= 2
     fold_of = {im["id"]: im["fold"] for im in ds.images}
     for cid in VINBIG_CLASSES:
-        per_fold = Counter(fold_of[i] for i in {a["image_id"] for a in ds.annotations if a["category_id"] == cid})
+        per_fold = Counter(
+            fold_of[i] for i in {a["image_id"] for a in ds.annotations if a["category_id"] == cid}
+        )
         n = sum(per_fold.values())
         assert max(per_fold.values()) - min(per_fold.values()) <= max(2, 0.05 * n), (cid, per_fold)
     train, val = CocoDataset.load(out / "train.json"), CocoDataset.load(out / "val.json")
@@ -80,8 +102,14 @@ def test_vinbig_folds_are_stratified(vinbig_raw):
 
 
 def test_vinbig_wbf_fuses_the_three_radiologists(tmp_path):
-    ds = convert_vinbig(VINBIG / "train.csv", tmp_path, size_table=VINBIG / "train_meta.csv", labels_only=True,
-                        annotators="wbf", n_folds=5)
+    ds = convert_vinbig(
+        VINBIG / "train.csv",
+        tmp_path,
+        size_table=VINBIG / "train_meta.csv",
+        labels_only=True,
+        annotators="wbf",
+        n_folds=5,
+    )
     assert len(ds.images) == 15_000 and sum(ds.is_normal(i) for i in ds.image_ids) == 10_606
     # fused: fewer boxes than the 36,096 raw ones, but at least one per image and class present
     assert 4_394 < len(ds.annotations) < 36_096
@@ -89,8 +117,12 @@ def test_vinbig_wbf_fuses_the_three_radiologists(tmp_path):
 
 
 def test_rsna_reproduces_published_counts(tmp_path):
-    ds = convert_rsna(RSNA / "stage_2_train_labels.csv", tmp_path, labels_only=True,
-                      class_info=RSNA / "stage_2_detailed_class_info_restored.csv")
+    ds = convert_rsna(
+        RSNA / "stage_2_train_labels.csv",
+        tmp_path,
+        labels_only=True,
+        class_info=RSNA / "stage_2_detailed_class_info_restored.csv",
+    )
     assert len(ds.images) == 26_684
     assert len(ds.annotations) == 9_555
     assert ds.category_names == {0: "Lung Opacity"}

@@ -48,13 +48,24 @@ def test_coco_results_round_trip():
 
 def test_coco_results_error_names_entry():
     with pytest.raises(ValueError, match="entry 1"):
-        from_coco_results([{"image_id": 1, "category_id": 0, "bbox": [0, 0, 1, 1], "score": 1}, {"image_id": 1}])
+        from_coco_results(
+            [{"image_id": 1, "category_id": 0, "bbox": [0, 0, 1, 1], "score": 1}, {"image_id": 1}]
+        )
 
 
 def _dataset_dict():
     return {
-        "images": [{"id": 1, "file_name": "images/a.png", "width": 100, "height": 80, "orig_width": 1000,
-                    "orig_height": 800, "source_id": "a"}],
+        "images": [
+            {
+                "id": 1,
+                "file_name": "images/a.png",
+                "width": 100,
+                "height": 80,
+                "orig_width": 1000,
+                "orig_height": 800,
+                "source_id": "a",
+            }
+        ],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [10, 10, 20, 20]}],
         "categories": [{"id": 0, "name": "Aortic enlargement"}],
     }

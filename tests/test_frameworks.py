@@ -32,7 +32,9 @@ def test_detectron2_imports_with_our_shims_and_runs_torchvision_ops():
     feats = torch.arange(64, dtype=torch.float32).reshape(1, 1, 8, 8)
     out = ROIAlign((2, 2), 1.0, 0, aligned=True)(feats, torch.tensor([[0, 0, 0, 4, 4]], dtype=torch.float32))
     assert out.shape == (1, 1, 2, 2)
-    keep = batched_nms(torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10.0]]), torch.tensor([0.9, 0.8]), torch.tensor([0, 0]), 0.5)
+    keep = batched_nms(
+        torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10.0]]), torch.tensor([0.9, 0.8]), torch.tensor([0, 0]), 0.5
+    )
     assert keep.tolist() == [0]
 
 
@@ -51,8 +53,10 @@ def test_mmdet_and_mmcv_compiled_ops():
 
 
 def test_framework_free_packages_import_no_framework():
-    code = ("import sys, core, convert.vinbig, convert.submission, ensemble, eval; "
-            "bad = [m for m in ('torch', 'ultralytics', 'detectron2', 'mmdet', 'mmcv') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, core, convert.vinbig, convert.submission, ensemble, eval; "
+        "bad = [m for m in ('torch', 'ultralytics', 'detectron2', 'mmdet', 'mmcv') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
