@@ -10,39 +10,9 @@ import numpy as np
 
 from convert.classes import VINBIG_NO_FINDING
 from core.coco import CocoDataset
-from core.detections import Detections, from_coco_results
-from core.io import atomic_open, read_json
-
-
-def read_gate(path: Path, dataset: CocoDataset) -> dict[int, float]:
-    """Gate file ``[{image_id, p_abnormal}, ...]`` → ``{image_id: p_abnormal}``.
-
-    Raises:
-        ValueError: naming entries that are malformed, out of [0, 1] or not in the dataset.
-    """
-    rows = read_json(path)
-    out: dict[int, float] = {}
-    known = set(dataset.image_ids)
-    for k, r in enumerate(rows):
-        try:
-            iid, p = int(r["image_id"]), float(r["p_abnormal"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: entry {k} is not {{image_id, p_abnormal}}: {r!r}") from None
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{path}: entry {k} (image {iid}) has p_abnormal {p} outside [0, 1]")
-        if iid not in known:
-            raise ValueError(f"{path}: entry {k} names image {iid}, which is not in {dataset.path}")
-        out[iid] = p
-    return out
-
-
-def load_results(path: Path, dataset: CocoDataset) -> dict[int, Detections]:
-    """A COCO results file, grouped per image; ids not in the dataset are an error naming them."""
-    dets = from_coco_results(read_json(path), dataset.image_ids)
-    unknown = sorted(set(dets) - set(dataset.image_ids))
-    if unknown:
-        raise ValueError(f"{path}: image ids {unknown[:10]} are not in {dataset.path}")
-    return dets
+from core.detections import Detections
+from core.io import atomic_open
+from core.predictions import read_gate, read_predictions
 
 
 def _original(d: Detections, im: Mapping) -> np.ndarray:
@@ -118,7 +88,7 @@ def write_submission(
         ValueError: for an unknown ``kind`` or results/gate that do not match the dataset.
     """
     dataset = CocoDataset.load(dataset_path)
-    dets = load_results(Path(results_path), dataset)
+    dets = read_predictions(Path(results_path), dataset, extra_categories=(VINBIG_NO_FINDING,))
     if kind == "vinbig":
         gate = read_gate(Path(gate_path), dataset) if gate_path else None
         rows, header = vinbig_rows(dataset, dets, gate), ("image_id", "PredictionString")

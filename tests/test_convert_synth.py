@@ -153,7 +153,7 @@ def test_truncated_dicom_is_an_error_naming_the_file_and_nothing_is_written(synt
     with pytest.raises(ConversionError, match=key):
         convert_vinbig(raw / "train.csv", out, images_dir=raw / "train", size=64, n_folds=2)
     assert not (out / "all.json").exists() and not (out / "train.json").exists()
-    assert not list(out.rglob("*.tmp*"))  # no half-written files
+    assert not list(out.rglob("*.part"))  # no half-written files
 
 
 def test_on_error_skip_goes_on_and_reports_the_file(synth_vinbig, tmp_path):
