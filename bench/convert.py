@@ -4,7 +4,7 @@ Writes synthetic 2,500×2,500 12-bit DICOMs (JPEG 2000 lossless and uncompressed
 from our own generator), then converts them to 1024-px PNGs as `convert vinbig`
 does, each measurement in a fresh process so its peak RSS is its own.
 
-    .venv/bin/python bench/convert.py [--images 16] [--side 2500]
+    .venv/bin/python bench/convert.py [--images 40] [--side 2500]
 
 Targets: 2 workers ≥ 1.7× the images/s of 1; peak memory independent of the
 number of images (N vs 2N images within 15 %).
@@ -56,7 +56,7 @@ def run_child(src: Path, workers: int, limit: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=16, help="images per transfer syntax (default 16)")
+    ap.add_argument("--images", type=int, default=40, help="images per transfer syntax (default 40)")
     ap.add_argument("--side", type=int, default=2500)
     ap.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -72,7 +72,7 @@ def main() -> None:
     try:
         print(f"writing synthetic {args.side}x{args.side} DICOMs ...", flush=True)
         raw = make_vinbig(
-            tmp / "raw", n_images=int(args.images * 3.2) + 4, seed=1, sizes=(args.side, args.side), workers=2
+            tmp / "raw", n_images=48, seed=1, sizes=(args.side, args.side), workers=2
         )
         by_ts: dict[str, list[Path]] = {}
         for p in sorted((raw / "train").iterdir()):
@@ -90,11 +90,13 @@ def main() -> None:
             f"{'peak MB (N/2)':>12} {'peak MB (N)':>13}"
         )
         for kind, files in sorted(by_ts.items()):
-            files = files[: args.images]
+            # the generator gives a handful of each kind; repeat them under new names up to --images
             src = tmp / kind.replace(" ", "_")
             src.mkdir()
-            for p in files:
-                shutil.copy(p, src / p.name)
+            for k in range(args.images):
+                p = files[k % len(files)]
+                shutil.copy(p, src / f"{k:04d}_{p.name}")
+            files = sorted(src.iterdir())
             one = run_child(src, 1, len(files))
             two = run_child(src, 2, len(files))
             half = run_child(src, 2, max(1, len(files) // 2))

@@ -119,7 +119,7 @@ def parallel_map(
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                for r in pool.map(fn, items, chunksize=4):
+                for r in pool.map(fn, items, chunksize=1):
                     yield r
                     bar.update()
     finally:

@@ -86,8 +86,8 @@ fi
 
 say "installing mmcv, detectron2 and the rest (requirements.txt)"
 "${PIP[@]}" install -q "$MMCV_WHEEL" "$D2_WHEEL" -r "$ROOT/requirements.txt"
-# torch declares setuptools>=77; the old one was only for building the wheels above.
-"${PIP[@]}" install -q "setuptools>=77"
+# torch declares setuptools>=77; MMEngine's `mmdet::` config inheritance needs pkg_resources, gone in 81.
+"${PIP[@]}" install -q "setuptools>=77.0.3,<81"
 "${PIP[@]}" install -q --no-deps -e "$ROOT"
 
 say "checking imports"

@@ -1,0 +1,269 @@
+"""Detectron2 Faster R-CNN behind the common interface.
+
+The model is a Detectron2 YAML shipped under ``configs/detectron2/``; the model config's
+``options`` are extra Detectron2 keys (``{MODEL.RESNETS.NORM: BN, ...}``). Training runs
+Detectron2's own `SimpleTrainer` with its data loader, optimizer and LR schedule; under
+``torchrun --nproc_per_node N`` each process takes its share (DistributedDataParallel).
+Checkpoints are read by the adapter (torch >= 2.6 refuses Detectron2's own ``.pth`` files
+with ``weights_only=True``); Detectron2/Caffe2 ``.pkl`` model-zoo files load as Detectron2 does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters._detectron2_env import prepare_detectron2
+from adapters.base import (
+    AdapterError,
+    CategoryMap,
+    LossLog,
+    batched,
+    load_torch_file,
+    read_image_bgr,
+    resolve_device,
+    to_detections,
+)
+from adapters.config import ModelConfig
+from core.coco import CocoDataset
+from core.detections import Detections
+
+
+def dataset_dicts(dataset: CocoDataset, cats: CategoryMap) -> list[dict[str, Any]]:
+    """The COCO dataset as Detectron2 dataset dicts (contiguous class indices, XYWH_ABS boxes)."""
+    from detectron2.structures import BoxMode
+
+    index = {c: k for k, c in enumerate(cats.ids)}
+    out = []
+    for iid in dataset.image_ids:
+        im = dataset.image(iid)
+        anns = [
+            {
+                "bbox": [float(v) for v in a["bbox"]],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": index[int(a["category_id"])],
+                "iscrowd": 0,
+            }
+            for a in dataset.annotations_of(iid)
+        ]
+        out.append(
+            {
+                "file_name": str(dataset.image_path(iid)),
+                "image_id": iid,
+                "height": int(im["height"]),
+                "width": int(im["width"]),
+                "annotations": anns,
+            }
+        )
+    return out
+
+
+class _Checkpointer:
+    """Detectron2's checkpointer, reading ``.pth`` files with ``weights_only=False``."""
+
+    def __new__(cls, model):
+        from detectron2.checkpoint import DetectionCheckpointer
+
+        class Checkpointer(DetectionCheckpointer):
+            def _load_file(self, filename):
+                if filename.endswith((".pkl", ".pyth")):
+                    return super()._load_file(filename)
+                data = load_torch_file(filename)
+                if isinstance(data, dict) and "model" in data:
+                    return {k: v for k, v in data.items() if k != "cxrfuse_categories"}
+                return {"model": data}
+
+        return Checkpointer(model, save_dir="")
+
+
+class Detectron2Detector:
+    """Faster R-CNN (or any GeneralizedRCNN) from a Detectron2 YAML."""
+
+    def __init__(self, cfg: ModelConfig, weights: str | Path | None = None) -> None:
+        prepare_detectron2()
+        self.cfg = cfg
+        self.name = cfg.name
+        self.weights = Path(weights) if weights else None
+        self.categories: CategoryMap | None = None
+        self._model = None
+        self._d2cfg = None
+
+    def _build_cfg(self, num_classes: int, device: str):
+        from detectron2.config import get_cfg
+
+        c = get_cfg()
+        c.merge_from_file(str(self.cfg.model_path()))
+        opts: list[str] = []
+        for k, v in self.cfg.options.items():
+            opts += [k, str(v)]
+        if opts:
+            c.merge_from_list(opts)
+        size, s, p = self.cfg.image_size, self.cfg.schedule, self.cfg.predict
+        c.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+        c.MODEL.DEVICE = "cuda" if device.startswith("cuda") or device[0].isdigit() else "cpu"
+        c.INPUT.MIN_SIZE_TRAIN = (size,)
+        c.INPUT.MAX_SIZE_TRAIN = size
+        c.INPUT.MIN_SIZE_TEST = size
+        c.INPUT.MAX_SIZE_TEST = size
+        c.SOLVER.IMS_PER_BATCH = s.batch_size
+        c.SOLVER.BASE_LR = float(s.lr)
+        c.SOLVER.MOMENTUM = float(s.momentum)
+        c.SOLVER.WEIGHT_DECAY = float(s.weight_decay)
+        c.SOLVER.WARMUP_ITERS = s.warmup_iters
+        c.DATALOADER.NUM_WORKERS = s.workers
+        c.SEED = s.seed
+        c.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(p.score_thr)
+        c.MODEL.ROI_HEADS.NMS_THRESH_TEST = float(p.nms_iou)
+        c.TEST.DETECTIONS_PER_IMAGE = p.max_dets
+        return c
+
+    # ------------------------------------------------------------------ train
+    def train(self, dataset: CocoDataset, out_dir: Path) -> Path:
+        import torch
+        from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+        from detectron2.engine import SimpleTrainer, hooks
+        from detectron2.modeling import build_model
+        from detectron2.solver import build_lr_scheduler, build_optimizer
+        from detectron2.utils import comm
+
+        out_dir = Path(out_dir)
+        cats = CategoryMap.from_dataset(dataset)
+        device = resolve_device(self.cfg.device)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        c = self._build_cfg(len(cats), device)
+        s = self.cfg.schedule
+        n = len(dataset.images)
+        iters = s.iterations or max(1, -(-n // s.batch_size)) * (s.epochs or 1)
+        c.SOLVER.MAX_ITER = iters
+        c.SOLVER.STEPS = tuple(int(iters * f) for f in (0.67, 0.89)) if iters >= 10 else ()
+        name = f"cxrfuse_{self.name}_{os.getpid()}_{id(dataset)}"
+        dicts = dataset_dicts(dataset, cats)
+        DatasetCatalog.register(name, lambda: dicts)
+        MetadataCatalog.get(name).thing_classes = list(cats.names)
+        c.DATASETS.TRAIN = (name,)
+        c.DATASETS.TEST = ()
+        c.freeze()
+        from detectron2.utils.env import seed_all_rng
+
+        seed_all_rng(s.seed + comm.get_rank())
+        model = build_model(c)
+        if self.cfg.weights:
+            _Checkpointer(model).load(self.cfg.weights)
+        if world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[comm.get_local_rank()] if c.MODEL.DEVICE == "cuda" else None
+            )
+        loader = build_detection_train_loader(c)
+        optimizer = build_optimizer(c, model)
+        trainer = SimpleTrainer(model, loader, optimizer)
+        log = LossLog(out_dir / "loss.csv") if comm.is_main_process() else None
+        steps_per_epoch = max(1, -(-n // s.batch_size))
+
+        class LossHook(hooks.HookBase):
+            def after_step(self) -> None:
+                if log is None:
+                    return
+                st = self.trainer.storage
+                it = self.trainer.iter
+                terms = {k: v[0] for k, v in st.latest().items() if k.startswith("loss_")}
+                terms["loss"] = sum(terms.values())
+                log.write(it + 1, it // steps_per_epoch + 1, terms)
+
+        trainer.register_hooks(
+            [
+                hooks.IterationTimer(),
+                hooks.LRScheduler(optimizer, build_lr_scheduler(c, optimizer)),
+                LossHook(),
+            ]
+        )
+        try:
+            trainer.train(0, iters)
+        finally:
+            if log is not None:
+                log.close()
+        weights = out_dir / "weights.pth"
+        if comm.is_main_process():
+            core = model.module if world > 1 else model
+            tmp = out_dir / "weights.pth.part"
+            torch.save(
+                {
+                    "model": core.state_dict(),
+                    "cxrfuse_categories": cats.to_json(),
+                    "framework": "detectron2",
+                    "config": c.dump(),
+                },
+                tmp,
+            )
+            tmp.replace(weights)
+        DatasetCatalog.remove(name)
+        self.weights, self._model, self.categories = weights, None, cats
+        return weights
+
+    # ------------------------------------------------------------------ predict
+    def _load(self):
+        if self._model is not None:
+            return self._model
+        if self.weights is None:
+            raise AdapterError(f"{self.name}: predict needs weights (--weights)")
+        from detectron2.modeling import build_model
+
+        ckpt = load_torch_file(self.weights)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise AdapterError(f"{self.weights}: not a Detectron2 checkpoint (no 'model' entry)")
+        if "cxrfuse_categories" not in ckpt:
+            raise AdapterError(f"{self.weights}: no class list; train it with `python -m adapters train`")
+        self.categories = CategoryMap.from_json(ckpt["cxrfuse_categories"])
+        c = self._build_cfg(len(self.categories), resolve_device(self.cfg.device))
+        c.freeze()
+        model = build_model(c)
+        sd = ckpt["model"]
+        want = model.state_dict()
+        bad = [k for k, v in sd.items() if k in want and tuple(want[k].shape) != tuple(v.shape)]
+        if bad:
+            raise AdapterError(f"{self.weights}: does not fit {self.cfg.model_path().name} (e.g. {bad[0]})")
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing:
+            raise AdapterError(
+                f"{self.weights}: lacks {len(missing)} weights of the model, e.g. {missing[0]}"
+            )
+        model.eval()
+        self._d2cfg, self._model = c, model
+        return model
+
+    def predict(self, images: Iterable[Path | np.ndarray], batch_size: int = 4) -> Iterator[Detections]:
+        import torch
+        from detectron2.data import transforms as T
+
+        model = self._load()
+        c = self._d2cfg
+        aug = T.ResizeShortestEdge([c.INPUT.MIN_SIZE_TEST] * 2, c.INPUT.MAX_SIZE_TEST)
+        for batch in batched(images, batch_size):
+            inputs = []
+            for im in batch:
+                arr = read_image_bgr(im)
+                h, w = arr.shape[:2]
+                resized = aug.get_transform(arr).apply_image(arr)
+                inputs.append(
+                    {"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()), "height": h, "width": w}
+                )
+            with torch.no_grad():
+                outputs = model(inputs)
+            for inp, out in zip(inputs, outputs, strict=True):
+                inst = out["instances"].to("cpu")
+                labels = self.categories.category(inst.pred_classes.numpy())
+                yield to_detections(
+                    inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), labels, inp["width"], inp["height"]
+                )
+
+    def check_categories(self, dataset: CocoDataset) -> None:
+        """Refuse weights trained for other classes than ``dataset``'s."""
+        self._load()
+        CategoryMap.from_dataset(dataset).check_same(self.categories, str(self.weights))

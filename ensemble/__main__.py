@@ -1,0 +1,301 @@
+"""``python -m ensemble VERB``: fuse models' boxes (``run``) and search fusion settings (``sweep``).
+
+Fusion methods: WBF (weighted boxes fusion), NMS, Soft-NMS and NMW (non-maximum weighted), equal to
+ensemble-boxes on the same boxes divided by the image size (see ensemble/fusion.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from ensemble.fusion import CONF_TYPES, METHODS, SOFT_METHODS
+from ensemble.gate import GATE_MODES
+from ensemble.sweep import METRICS
+
+GATE_RULES = """The gate (a normal/abnormal classifier's [{image_id, p_abnormal}] file, --gate) adds VinBigData's
+"No finding" row (class 14, box 0 0 1 1, score P(normal) = 1 - p_abnormal) and may drop or
+down-weight boxes (--gate-mode):
+
+  append    keep every box, add "No finding" with P(normal)
+  filter    p_abnormal < LOW: only "No finding" with score 1; LOW <= p_abnormal <= HIGH: boxes plus
+            "No finding" with P(normal); p_abnormal > HIGH: boxes only
+  rescale   box scores times p_abnormal, plus "No finding" with P(normal)
+"""
+
+EPILOG = """examples:
+  python -m ensemble run --method wbf --dataset data/val.json --preds preds/yolo.json preds/d2.json preds/mmdet.json \\
+      --weights 2,1,1 --iou-thr 0.5 --skip-box-thr 0.01 --out preds/wbf.json
+  python -m ensemble run --method wbf --dataset data/val.json --preds preds/yolo.json preds/d2.json \\
+      --gate preds/gate.json --gate-mode filter --low 0.1 --high 0.9 --name wbf-gated
+  python -m ensemble sweep --dataset data/val.json --preds preds/yolo.json preds/d2.json preds/mmdet.json \\
+      --methods wbf,nms --iou-thr 0.4,0.5,0.6 --skip-box-thr 0,0.01 --weights 1,1,1 2,1,1 \\
+      --gate preds/gate.json --out sweeps/val
+  python -m ensemble run --config sweeps/val/best.yaml --dataset data/test.json \\
+      --preds preds/test/yolo.json preds/test/d2.json preds/test/mmdet.json --gate preds/test/gate.json --out preds/test/best.json
+"""
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return v
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """``"0.3,0.4"`` → ``(0.3, 0.4)``."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return tuple(_float(p) for p in parts)
+
+
+def _words(choices: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        words = tuple(w.strip() for w in text.split(",") if w.strip())
+        bad = [w for w in words if w not in choices]
+        if bad or not words:
+            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(choices)} (comma-separated)")
+        return words
+
+    return parse
+
+
+def _flat(values: list[tuple[float, ...]] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(v for vs in values for v in vs)
+
+
+def _inputs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preds",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="RESULTS.json",
+        help="COCO results files of the models (each maybe with a .meta.json sidecar), in weight order",
+    )
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="COCO dataset the predictions were made on (image sizes; ground truth for a sweep)",
+    )
+    p.add_argument(
+        "--gate", type=Path, help="gate file [{image_id, p_abnormal}] with a score for every image"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ensemble",
+        description=f"{__doc__}\n{GATE_RULES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser(
+        "run",
+        help="fuse several models' results files into one (+ gate)",
+        description="Fuse several models' COCO results files into one results file and its sidecar.\n"
+        f"Options not given come from --config, else from the defaults shown.\n\n{GATE_RULES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    _inputs_args(p)
+    p.add_argument("--method", choices=METHODS, help="fusion method (default wbf)")
+    p.add_argument(
+        "--weights",
+        type=_floats,
+        nargs="+",
+        metavar="W",
+        help="one positive weight per --preds file, e.g. 2,1,1 or 2 1 1 (default all 1)",
+    )
+    p.add_argument(
+        "--iou-thr", type=_float, help="IoU in [0, 1] above which same-class boxes match (default 0.55)"
+    )
+    p.add_argument(
+        "--skip-box-thr", type=_float, help="boxes scoring below this are dropped before fusing (default 0)"
+    )
+    p.add_argument("--conf-type", choices=CONF_TYPES, help="WBF's fused score (default avg)")
+    p.add_argument("--sigma", type=_float, help="Soft-NMS gaussian sigma > 0 (default 0.5)")
+    p.add_argument("--soft-method", choices=SOFT_METHODS, help="Soft-NMS score decay (default gaussian)")
+    p.add_argument(
+        "--soft-score-thr",
+        type=_float,
+        help="Soft-NMS keeps boxes whose decayed score is above this (default 0.001)",
+    )
+    p.add_argument(
+        "--gate-mode", choices=GATE_MODES, help="how the gate meets the boxes (see above); needs --gate"
+    )
+    p.add_argument("--low", type=_float, help="filter: p_abnormal below this keeps only 'No finding'")
+    p.add_argument("--high", type=_float, help="filter: p_abnormal above this keeps boxes only")
+    p.add_argument(
+        "--config", type=Path, help="settings YAML (a sweep's best.yaml); the flags above override it"
+    )
+    p.add_argument("--name", help="name of the fusion in its sidecar and on the leaderboard")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="OUT.json",
+        help="results file to write, sidecar beside it (default preds/NAME.json; NAME defaults to the method)",
+    )
+
+    p = sub.add_parser(
+        "sweep",
+        help="score a grid of fusion and gate settings on a validation set; write the ranking and best.yaml",
+        description="Score every combination of the values given on a validation set (comma-separated\n"
+        "lists) and write OUT/results.csv, OUT/results.json (best first) and OUT/best.yaml (for\n"
+        f"run --config). Fusion runs once per setting; gate settings reuse it.\n\n{GATE_RULES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    _inputs_args(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for results.csv, results.json, best.yaml")
+    p.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="vinbig",
+        help="vinbig: mAP@0.4 with 'No finding' (default); coco: mAP@0.5:0.95; rsna: the RSNA score",
+    )
+    p.add_argument(
+        "--methods", type=_words(METHODS), default=("wbf",), help="fusion methods, e.g. wbf,nms (default wbf)"
+    )
+    p.add_argument(
+        "--iou-thr", type=_floats, nargs="+", default=None, help="IoU thresholds (default 0.4,0.5,0.6)"
+    )
+    p.add_argument(
+        "--skip-box-thr", type=_floats, nargs="+", default=None, help="score thresholds (default 0,0.02)"
+    )
+    p.add_argument(
+        "--weights",
+        type=_floats,
+        nargs="+",
+        metavar="W1,W2,...",
+        help="weight sets, one weight per --preds file each, e.g. 1,1,1 2,1,1 "
+        "(default: all 1, then each model weighted 2 in turn)",
+    )
+    p.add_argument(
+        "--conf-type", type=_words(CONF_TYPES), default=("avg",), help="WBF conf_type values (default avg)"
+    )
+    p.add_argument("--sigma", type=_floats, nargs="+", help="Soft-NMS sigma values (default 0.5)")
+    p.add_argument(
+        "--gate-modes",
+        type=_words((*GATE_MODES, "none")),
+        default=GATE_MODES,
+        help="with --gate: rules to try, none for no gate (default append,filter,rescale)",
+    )
+    p.add_argument("--low", type=_floats, nargs="+", help="filter lows (default 0.05,0.1,0.2)")
+    p.add_argument("--high", type=_floats, nargs="+", help="filter highs (default 0.8,0.9,0.95)")
+    return parser
+
+
+def _progress():
+    from tqdm import tqdm
+
+    def bar(*args, **kw):
+        return tqdm(*args, disable=None, leave=False, **kw)
+
+    return bar
+
+
+def _run(args: argparse.Namespace) -> None:
+    from ensemble.run import run
+    from ensemble.settings import FusionSettings, merge, read_settings
+
+    base, info = (FusionSettings(), {}) if args.config is None else read_settings(args.config)
+    settings = merge(
+        base,
+        {
+            "method": args.method,
+            "weights": _flat(args.weights),
+            "iou_thr": args.iou_thr,
+            "skip_box_thr": args.skip_box_thr,
+            "conf_type": args.conf_type,
+            "sigma": args.sigma,
+            "soft_method": args.soft_method,
+            "soft_score_thr": args.soft_score_thr,
+            "gate_mode": args.gate_mode,
+            "low": args.low,
+            "high": args.high,
+        },
+    )
+    settings.validate(len(args.preds))
+    if args.gate is not None and settings.gate_mode is None:
+        raise ValueError("--gate needs --gate-mode append, filter or rescale")
+    if args.gate is None and settings.gate_mode is not None:
+        where = f" ({args.config} sets gate_mode {settings.gate_mode})" if args.gate_mode is None else ""
+        raise ValueError(f"--gate-mode {settings.gate_mode} needs --gate GATE.json{where}")
+    default_name = settings.method + (f"-{settings.gate_mode}" if settings.gate_mode else "")
+    name = args.name or (args.out.stem if args.out else default_name)
+    out = args.out or Path("preds") / f"{name}.json"
+    expect = info.get("inputs") if args.weights is None and base.weights is not None else None
+    path = run(
+        args.preds,
+        args.dataset,
+        settings,
+        out,
+        gate=args.gate,
+        name=name,
+        config=args.config,
+        expect_names=expect,
+        progress=_progress(),
+    )
+    from core.predictions import read_meta
+
+    meta = read_meta(path)
+    print(
+        f"wrote {path} ({settings.method} of {len(args.preds)} models over {meta['images']} images, "
+        f"{meta['images_per_second']} images/s)"
+    )
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from ensemble.sweep import SweepGrid, sweep
+
+    grid = SweepGrid(
+        methods=args.methods,
+        iou_thrs=_flat(args.iou_thr) or SweepGrid.iou_thrs,
+        skip_box_thrs=_flat(args.skip_box_thr) or SweepGrid.skip_box_thrs,
+        weights=None if args.weights is None else tuple(args.weights),
+        conf_types=args.conf_type,
+        sigmas=_flat(args.sigma) or SweepGrid.sigmas,
+        gate_modes=args.gate_modes,
+        lows=_flat(args.low) or SweepGrid.lows,
+        highs=_flat(args.high) or SweepGrid.highs,
+    )
+    res = sweep(
+        args.preds, args.dataset, args.out, grid, metric=args.metric, gate=args.gate, progress=_progress()
+    )
+    print(f"{len(res.rows)} settings scored by {args.metric}; best {res.best_score:.4f}:")
+    for r in res.rows[:5]:
+        gate = f" gate {r['gate_mode']}" if r["gate_mode"] else ""
+        thr = f" low {r['low']} high {r['high']}" if r["gate_mode"] == "filter" else ""
+        print(
+            f"  {r['rank']:>3}. {r['score']:.4f}  {r['method']} weights {','.join(f'{w:g}' for w in r['weights'])} "
+            f"iou_thr {r['iou_thr']} skip_box_thr {r['skip_box_thr']}{gate}{thr}"
+        )
+    print(f"wrote {res.out}/results.csv, results.json and best.yaml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.verb == "run":
+            _run(args)
+        else:
+            _sweep(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

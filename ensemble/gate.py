@@ -1,0 +1,135 @@
+"""The gate's combination rules: a normal/abnormal classifier's ``p_abnormal`` meets the boxes.
+
+A gate file gives one ``p_abnormal`` in ``[0, 1]`` per image (see `core.predictions.read_gate`);
+``p_normal = 1 - p_abnormal``. The VinBigData metric scores class 14 "No finding" as a detection
+with the box ``[0, 0, 1, 1]`` on every normal image, so each rule may add one such row per image
+(``NO_FINDING_BOX``, in absolute pixels ``xyxy``, which is also ``xywh`` ``[0, 0, 1, 1]``). Its
+score is always P(normal), never P(abnormal).
+
+Rules (``mode``), for an image with boxes ``B`` (scores ``s``) and gate score ``p = p_abnormal``:
+
+- ``append`` (the 2nd-place VinBigData team's rule): ``B`` unchanged, plus "No finding" with
+  score ``1 - p``.
+- ``filter`` with thresholds ``low <= high``:
+  ``p < low``: the image is called normal: ``B`` dropped, only "No finding" with score 1;
+  ``low <= p <= high``: ``B`` unchanged plus "No finding" with score ``1 - p``;
+  ``p > high``: the image is called abnormal: ``B`` only.
+  So ``low = 0, high = 1`` is ``append``.
+- ``rescale``: scores ``s * p`` (boxes of likely-normal images sink in the ranking of every class),
+  plus "No finding" with score ``1 - p``. The "No finding" row is appended because without it a
+  normal image can score nothing for class 14 and the metric's 15th class would be lost; a metric
+  without class 14 (COCO, RSNA) ignores it (`strip_no_finding`).
+
+No rule mutates its inputs: each returns a new dict of new `Detections`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+
+from convert.classes import VINBIG_NO_FINDING
+from core.detections import Detections
+
+GateMode = Literal["append", "filter", "rescale"]
+GATE_MODES: tuple[str, ...] = ("append", "filter", "rescale")
+NO_FINDING = VINBIG_NO_FINDING
+#: the "No finding" row's box, ``xyxy`` absolute pixels (as the Kaggle submission's ``0 0 1 1``).
+NO_FINDING_BOX: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+
+def check_gate_options(mode: str, low: float | None = None, high: float | None = None) -> None:
+    """Validate a gate mode and its thresholds.
+
+    Raises:
+        ValueError: for an unknown ``mode``; for ``filter`` without both thresholds, with a
+            threshold outside ``[0, 1]`` or with ``low > high``; for thresholds given to another mode.
+    """
+    if mode not in GATE_MODES:
+        raise ValueError(f"unknown gate mode {mode!r}; known: {', '.join(GATE_MODES)}")
+    if mode != "filter":
+        if low is not None or high is not None:
+            raise ValueError(f"low/high thresholds apply to the gate mode 'filter' only, not {mode!r}")
+        return
+    if low is None or high is None:
+        raise ValueError(
+            f"the gate mode 'filter' needs both thresholds low and high, got low={low} high={high}"
+        )
+    for name, v in (("low", low), ("high", high)):
+        if not (np.isfinite(v) and 0.0 <= v <= 1.0):
+            raise ValueError(f"gate threshold {name} must be in [0, 1], got {v!r}")
+    if low > high:
+        raise ValueError(f"gate threshold low ({low}) must be <= high ({high})")
+
+
+def apply_gate(
+    dets: Mapping[int, Detections],
+    p_abnormal: Mapping[int, float],
+    mode: GateMode,
+    low: float | None = None,
+    high: float | None = None,
+) -> dict[int, Detections]:
+    """Combine detections with gate scores by ``mode`` (see the module docstring).
+
+    Args:
+        dets: ``image_id -> Detections`` (pixels; no class-14 rows).
+        p_abnormal: ``image_id -> P(abnormal)`` in ``[0, 1]`` for every image of ``dets`` (more is fine).
+        mode: ``append``, ``filter`` or ``rescale``.
+        low, high: the ``filter`` thresholds on ``p_abnormal``; None for the other modes.
+
+    Returns:
+        ``image_id -> Detections`` for every image of ``dets``, sorted by descending score.
+
+    Raises:
+        ValueError: for bad options (`check_gate_options`), images of ``dets`` missing from
+            ``p_abnormal`` (naming them), a ``p_abnormal`` outside ``[0, 1]``, or an image that
+            already has "No finding" rows (gated twice).
+    """
+    check_gate_options(mode, low, high)
+    missing = [i for i in dets if i not in p_abnormal]
+    if missing:
+        raise ValueError(
+            f"the gate has no score for {len(missing)} of {len(dets)} images, e.g. image ids "
+            f"{sorted(missing)[:10]}"
+        )
+    out: dict[int, Detections] = {}
+    for image_id, d in dets.items():
+        p = float(p_abnormal[image_id])
+        if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+            raise ValueError(f"image {image_id}: p_abnormal must be in [0, 1], got {p!r}")
+        if (d.labels == NO_FINDING).any():
+            raise ValueError(
+                f"image {image_id} already has 'No finding' (class {NO_FINDING}) rows; "
+                "gate detections that have not been gated"
+            )
+        if mode == "append":
+            out[image_id] = _with_no_finding(d, 1.0 - p)
+        elif mode == "rescale":
+            scaled = Detections(d.boxes, d.scores * np.float32(p), d.labels)
+            out[image_id] = _with_no_finding(scaled, 1.0 - p)
+        elif p < low:  # type: ignore[operator]
+            out[image_id] = _with_no_finding(Detections.empty(), 1.0)
+        elif p <= high:  # type: ignore[operator]
+            out[image_id] = _with_no_finding(d, 1.0 - p)
+        else:
+            out[image_id] = d
+    return out
+
+
+def strip_no_finding(dets: Mapping[int, Detections]) -> dict[int, Detections]:
+    """The same detections without class-14 "No finding" rows (for metrics that lack the class)."""
+    return {
+        i: (d.select(d.labels != NO_FINDING) if (d.labels == NO_FINDING).any() else d)
+        for i, d in dets.items()
+    }
+
+
+def _with_no_finding(d: Detections, p_normal: float) -> Detections:
+    """``d`` plus one "No finding" row of score ``p_normal``, sorted by descending score (stable)."""
+    boxes = np.concatenate([d.boxes, np.array([NO_FINDING_BOX], np.float32)])
+    scores = np.concatenate([d.scores, np.array([p_normal], np.float32)])
+    labels = np.concatenate([d.labels, np.array([NO_FINDING], np.int64)])
+    order = np.argsort(-scores, kind="stable")
+    return Detections(boxes[order], scores[order], labels[order])
