@@ -14,6 +14,7 @@ demo: setup
 	bash scripts/demo.sh
 
 test: setup
+	bash scripts/setup-browser.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -22,3 +23,6 @@ lint: setup
 
 bench: setup
 	$(PY) bench/convert.py
+	$(PY) bench/fusion.py
+	$(PY) bench/eval.py
+	$(PY) bench/predict.py

@@ -71,9 +71,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cxrfuse-bench-"))
     try:
         print(f"writing synthetic {args.side}x{args.side} DICOMs ...", flush=True)
-        raw = make_vinbig(
-            tmp / "raw", n_images=48, seed=1, sizes=(args.side, args.side), workers=2
-        )
+        raw = make_vinbig(tmp / "raw", n_images=48, seed=1, sizes=(args.side, args.side), workers=2)
         by_ts: dict[str, list[Path]] = {}
         for p in sorted((raw / "train").iterdir()):
             h = read_dicom_header(p)

@@ -91,7 +91,9 @@ def read_predictions(
     where = dataset.path or "the dataset"
     unknown = sorted(set(dets) - set(dataset.image_ids))
     if unknown:
-        raise ValueError(f"{path}: image ids {unknown[:10]} are not in {where}; predicted on another dataset?")
+        raise ValueError(
+            f"{path}: image ids {unknown[:10]} are not in {where}; predicted on another dataset?"
+        )
     cats = set(dataset.category_ids) | set(extra_categories)
     bad = sorted({int(c) for d in dets.values() for c in d.labels.tolist()} - cats)
     if bad:

@@ -188,11 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gate-modes",
         type=_words((*GATE_MODES, "none")),
-        default=GATE_MODES,
         help="with --gate: rules to try, none for no gate (default append,filter,rescale)",
     )
-    p.add_argument("--low", type=_floats, nargs="+", help="filter lows (default 0.05,0.1,0.2)")
-    p.add_argument("--high", type=_floats, nargs="+", help="filter highs (default 0.8,0.9,0.95)")
+    p.add_argument("--low", type=_floats, nargs="+", help="with --gate: filter lows (default 0.05,0.1,0.2)")
+    p.add_argument("--high", type=_floats, nargs="+", help="with --gate: filter highs (default 0.8,0.9,0.95)")
     return parser
 
 
@@ -259,6 +258,12 @@ def _run(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from ensemble.sweep import SweepGrid, sweep
 
+    if args.gate is None:
+        given = [
+            f for f, v in (("--gate-modes", args.gate_modes), ("--low", args.low), ("--high", args.high)) if v
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} need --gate GATE.json")
     grid = SweepGrid(
         methods=args.methods,
         iou_thrs=_flat(args.iou_thr) or SweepGrid.iou_thrs,
@@ -266,7 +271,7 @@ def _sweep(args: argparse.Namespace) -> None:
         weights=None if args.weights is None else tuple(args.weights),
         conf_types=args.conf_type,
         sigmas=_flat(args.sigma) or SweepGrid.sigmas,
-        gate_modes=args.gate_modes,
+        gate_modes=args.gate_modes or SweepGrid.gate_modes,
         lows=_flat(args.low) or SweepGrid.lows,
         highs=_flat(args.high) or SweepGrid.highs,
     )
@@ -291,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             _run(args)
         else:
             _sweep(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing or unwritable files
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

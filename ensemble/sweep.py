@@ -3,8 +3,7 @@
 Every fusion setting (method × ``iou_thr`` × ``skip_box_thr`` × weights, × ``conf_type`` for WBF,
 × ``sigma`` for Soft-NMS) is fused once with `ensemble.fusion.fuse_many`; with a gate file, each
 fused result is then combined with every gate setting (mode, and for ``filter`` every ``low <= high``
-pair). Each result is scored as ``python -m eval`` would score the file ``ensemble run`` writes with
-those settings (the same COCO results rows), by ``metric``:
+pair). Each result is scored by ``metric`` on the fused `Detections` themselves:
 
 - ``vinbig``: `eval.metrics.vinbig_map` (mAP@0.4 over classes 0..14; "No finding" rows come from the
   gate, so without a gate class 14 scores 0 on a dataset with normal images);
@@ -12,6 +11,10 @@ those settings (the same COCO results rows), by ``metric``:
 - ``rsna``: `eval.metrics.rsna_score`.
 
 "No finding" rows are removed before the ``coco`` and ``rsna`` metrics (they have no class 14).
+The file ``run`` writes with the same settings holds the same rows rounded as COCO results are
+(boxes to 0.01 px, scores to 1e-6), so ``python -m eval`` may score it a little differently
+(around 1e-7 on test data; a box on an IoU threshold could flip a match). Scoring the rounded rows
+instead would build a results list per setting, three quarters of a setting's time.
 The folder ``out`` receives ``results.csv`` and ``results.json`` (every setting with its score, best
 first; ties keep grid order) and ``best.yaml`` (`ensemble.settings`), which ``run --config`` takes.
 """
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from core.coco import CocoDataset
-from core.detections import Detections, to_coco_results
+from core.detections import Detections
 from core.io import atomic_open, write_json
 from ensemble.fusion import METHODS, fuse_many
 from ensemble.gate import GATE_MODES, apply_gate, check_gate_options, strip_no_finding
@@ -152,7 +155,7 @@ def default_weights(n_models: int) -> list[tuple[float, ...]]:
 
 
 def score(dataset: CocoDataset, dets: Mapping[int, Detections], metric: str = "vinbig") -> float:
-    """``dets`` scored on ``dataset`` by ``metric`` (see the module docstring), as COCO results rows.
+    """``dets`` scored on ``dataset`` by ``metric`` (see the module docstring).
 
     Raises:
         ValueError: for an unknown ``metric``, or as the metric.
@@ -161,11 +164,11 @@ def score(dataset: CocoDataset, dets: Mapping[int, Detections], metric: str = "v
 
     gt = dataset.to_dict()
     if metric == "vinbig":
-        return float(vinbig_map(gt, to_coco_results(dets)).map)
+        return float(vinbig_map(gt, dets).map)
     if metric == "coco":
-        return float(coco_map(gt, to_coco_results(strip_no_finding(dets)), max_dets=100).map)
+        return float(coco_map(gt, strip_no_finding(dets), max_dets=100).map)
     if metric == "rsna":
-        return float(rsna_score(gt, to_coco_results(strip_no_finding(dets))))
+        return float(rsna_score(gt, strip_no_finding(dets)))
     raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
 
 

@@ -44,6 +44,15 @@ class ConfusionMatrix:
     labels: tuple[str, ...]
     counts: np.ndarray
 
+    def compact(self, keep_last: bool = True) -> ConfusionMatrix:
+        """The matrix without labels whose row and column are both all zero (the last label,
+        background, kept if ``keep_last``)."""
+        used = (self.counts.sum(axis=0) > 0) | (self.counts.sum(axis=1) > 0)
+        if keep_last and len(used):
+            used[-1] = True
+        idx = np.flatnonzero(used)
+        return ConfusionMatrix(tuple(self.labels[k] for k in idx), self.counts[np.ix_(idx, idx)])
+
 
 def iou_xyxy_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` with every box of ``b``: ``(N, 4)``, ``(M, 4)`` xyxy pixels → ``(N, M)``.

@@ -20,8 +20,8 @@ results file (a detector or a fusion; its name and kind come from the
   fusion, whether its sidecar says it was gated (its ``gate`` key).
 
 Every COCO computation keeps all detections (no ``maxDets`` cap). Rows are
-sorted by the headline metric, best first (NaN last, ties by name); the best
-row (all rows tied with it) is marked.
+sorted by the headline metric, best first (NaN last, ties by name; tied rows
+share a rank); the best row, and every row tied with it, is marked.
 
 "No finding" (class 14). A results file may hold class-14 rows (a gated
 fusion writes one ``[0, 0, 1, 1]`` box per image scored ``P(normal)``) when
@@ -128,7 +128,7 @@ class Row:
         images_per_second: from the sidecar, or None.
         no_finding: ``predicted``, ``gate NAME``, ``none`` (``vinbig``), or ``""``.
         gated: a fusion's gate as its sidecar names it (``no`` if it has none); ``""`` otherwise.
-        rank: 1 for the best.
+        rank: 1 for the best; tied scores share a rank.
         best: True for the best row and rows tied with it.
         detections: ``{image_id: Detections}`` as read (for the plots).
         curves: ``{category_id: PrCurve}`` at the metric's IoU.
@@ -205,8 +205,8 @@ class Leaderboard:
     def to_text(self) -> str:
         """The main table as aligned plain text; ``*`` marks the best row."""
         header = ["", *self.columns()]
-        body = [["*" if r.best else "", *self.cells(r)] for r in self.rows]
-        return _text_table(header, body, numeric_from=4)
+        body = [["*" if r.best else "", *(c.replace("–", "-") for c in self.cells(r))] for r in self.rows]
+        return _text_table(header, body)
 
     def to_markdown(self) -> str:
         """The report in Markdown: main table, per-class AP table (classes × rows), gates."""
@@ -356,8 +356,8 @@ def gate_cells(g: Gate) -> list[str]:
 def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
     """Files named by ``patterns`` (glob patterns expanded), in order, without repeats or sidecars.
 
-    ``*.meta.json`` sidecars that a pattern like ``preds/*.json`` also matches
-    are skipped.
+    ``*.meta.json`` sidecars are skipped, so ``preds/*.json``, quoted or
+    expanded by the shell, names the results and gate files only.
 
     Raises:
         FileNotFoundError: naming a pattern that matches nothing or a path that is not a file.
@@ -373,7 +373,7 @@ def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
             matches = [text]
         for m in matches:
             p = Path(m)
-            if p.name.endswith(".meta.json") and glob.has_magic(text):
+            if p.name.endswith(".meta.json"):
                 continue
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: no such file")
@@ -410,6 +410,8 @@ def _images_per_second(meta: Mapping[str, Any]) -> float | None:
 
 
 def _gated(meta: Mapping[str, Any], kind: str) -> str:
+    """A fusion's gate as its sidecar names it: ``gate`` is a path, or ``{path, mode, low, high}``
+    as ``ensemble run`` writes it (``GATE (MODE)``, ``GATE (filter LOW..HIGH)``); ``no`` if null."""
     if kind != "fusion":
         return ""
     g = meta.get("gate")
@@ -417,11 +419,17 @@ def _gated(meta: Mapping[str, Any], kind: str) -> str:
         return "no"
     if isinstance(g, str):
         return Path(g).stem if g.endswith(".json") else g
-    if isinstance(g, Mapping):
-        for key in ("name", "path", "file"):
-            if isinstance(g.get(key), str):
-                return Path(g[key]).stem if g[key].endswith(".json") else g[key]
-    return "yes"
+    if not isinstance(g, Mapping):
+        return "yes"
+    where = next((g[k] for k in ("name", "path", "file") if isinstance(g.get(k), str)), "gate")
+    text = Path(where).stem if where.endswith(".json") else where
+    mode = g.get("mode")
+    if isinstance(mode, str) and mode:
+        low, high = g.get("low"), g.get("high")
+        if mode == "filter" and all(isinstance(v, (int, float)) for v in (low, high)):
+            mode = f"filter {low:g}..{high:g}"
+        text += f" ({mode})"
+    return text
 
 
 def load_gate(path: Path, dataset: CocoDataset, applied: bool) -> Gate:
@@ -533,17 +541,20 @@ def _peek(path: Path) -> list | None:
 
 
 def rank_rows(rows: Sequence[Row]) -> list[Row]:
-    """Rows sorted by score, best first (NaN last, ties by name), with ``rank`` and ``best`` set."""
+    """Rows sorted by score, best first (NaN last, ties by name), with ``rank`` and ``best`` set.
 
-    def key(r: Row) -> tuple[float, str]:
-        return (-r.score if math.isfinite(r.score) else math.inf, r.name)
+    Tied scores share a rank (1, 1, 3, ...); ``best`` marks every row tied
+    with the top score (none if every score is NaN).
+    """
 
-    ordered = sorted(rows, key=key)
-    top = ordered[0].score if ordered else math.nan
-    out = []
+    def key(r: Row) -> float:
+        return -r.score if math.isfinite(r.score) else math.inf
+
+    ordered = sorted(rows, key=lambda r: (key(r), r.name))
+    out: list[Row] = []
     for k, r in enumerate(ordered):
-        best = math.isfinite(top) and r.score == top
-        out.append(replace(r, rank=k + 1, best=best))
+        rank = out[-1].rank if out and key(ordered[k - 1]) == key(r) else k + 1
+        out.append(replace(r, rank=rank, best=rank == 1 and math.isfinite(r.score)))
     return out
 
 
@@ -559,7 +570,7 @@ def build_leaderboard(
         dataset: a COCO dataset file (or a loaded `CocoDataset`).
         preds: results files or glob patterns; gate files among them
             (sidecar ``kind: gate``) become gates, not rows; ``*.meta.json``
-            sidecars matched by a pattern are skipped.
+            sidecars are skipped.
         metric: ``vinbig``, ``coco`` or ``rsna``.
         gate: a gate file whose ``P(normal)`` is supplied, for ``vinbig``, to
             rows without class-14 predictions (see the module docstring).
@@ -643,28 +654,30 @@ def _md_escape(text: str) -> str:
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    numeric = [bool(rows) and all(_looks_numeric(r[k]) for r in rows) for k in range(len(header))]
     lines = [
         "| " + " | ".join(_md_escape(h) for h in header) + " |",
-        "|" + "|".join("---" if k < 3 else "---:" for k in range(len(header))) + "|",
+        "|" + "|".join("---:" if num else "---" for num in numeric) + "|",
     ]
     lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int) -> str:
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    numeric = [bool(rows) and all(_looks_numeric(r[k]) for r in rows) for k in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         parts = [
-            str(c).rjust(w) if numeric_from <= k and _looks_numeric(str(c)) else str(c).ljust(w)
-            for k, (c, w) in enumerate(zip(cells, widths, strict=True))
+            str(c).rjust(w) if num else str(c).ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
         ]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
-_NUMERIC = re.compile(r"^[-+]?[0-9.]+$|^–$")
+_NUMERIC = re.compile(r"^[-+]?[0-9.]+$|^[–-]$")
 
 
 def _looks_numeric(text: str) -> bool:

@@ -6,7 +6,8 @@
 - ``pr_all`` and ``pr_NAME``: precision-recall curves at the metric's IoU,
   every row's mean over classes, then each row's per class;
 - ``confusion_NAME``: each row's confusion matrix of detections at the
-  metric's IoU, with ``score >= score_thr`` (the dataset's classes + background);
+  metric's IoU, with ``score >= score_thr`` (the dataset's classes + background;
+  classes neither in the truth nor predicted are left out);
 - ``gate_roc`` and ``gate_confusion_NAME``: the gates' ROC curves (AUC) and
   normal/abnormal confusion matrices at ``p_abnormal >= 0.5``;
 - ``loss``: training loss against step, one curve per run (components dashed);
@@ -32,7 +33,7 @@ from eval.analysis import LossLog, detection_confusion, example_images
 from eval.leaderboard import GATE_COLUMNS, Leaderboard, gate_cells, mean_interpolated, slug
 
 SECTIONS = (
-    "Per-class AP",
+    "Per-class AP bars",
     "Precision-recall",
     "Confusion matrices",
     "Gate",
@@ -91,6 +92,12 @@ def make_plots(
     names = board.class_names
     iou = f"IoU {metric.iou:g}"
     slugs = _unique_slugs([r.name for r in board.rows])
+    pictures = {}  # read first: a missing image fails before any drawing
+    for image_id in example_images(ds, n_examples):
+        try:
+            pictures[image_id] = read_image_gray(ds.image_path(image_id))
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"example image {image_id}: {e} (use --examples 0 to draw none)") from None
     out: list[Plot] = []
     for r, s in zip(board.rows, slugs, strict=True):
         xlabel = "AP@0.4" if metric.key == "vinbig" else "AP@[.5:.95]"
@@ -106,7 +113,7 @@ def make_plots(
         out.append(Plot(f"pr_{s}", SECTIONS[1], title, plots.pr_curves(title, r.curves, r.curve_ap, names)))
     class_ids = sorted(ds.category_ids)
     for r, s in zip(board.rows, slugs, strict=True):
-        cm = detection_confusion(ds, r.detections, metric.iou, score_thr, class_ids)
+        cm = detection_confusion(ds, r.detections, metric.iou, score_thr, class_ids).compact()
         title = f"{r.name}: detections at {iou}, score >= {score_thr:g}"
         out.append(Plot(f"confusion_{s}", SECTIONS[2], title, plots.confusion(title, cm)))
     if board.gates:
@@ -115,15 +122,14 @@ def make_plots(
             Plot("gate_roc", SECTIONS[3], title, plots.roc(title, [(g.name, g.roc) for g in board.gates]))
         )
         for g, s in zip(board.gates, _unique_slugs([g.name for g in board.gates]), strict=True):
-            title = f"Gate {g.name}: normal vs abnormal at p_abnormal >= 0.5"
+            title = f"Gate {g.name} at p_abnormal >= 0.5"
             png = plots.confusion(title, g.confusion, xlabel="gate's call")
             out.append(Plot(f"gate_confusion_{s}", SECTIONS[3], title, png))
     if runs:
         title = "Training loss (components dashed)"
         out.append(Plot("loss", SECTIONS[4], title, plots.loss_curves(title, runs)))
-    for image_id in example_images(ds, n_examples):
+    for image_id, image in pictures.items():
         im = ds.image(image_id)
-        image = read_image_gray(ds.image_path(image_id))
         panels: list[tuple[str, Detections]] = [("truth", ds.ground_truth(image_id))]
         for r in board.rows:
             d = r.detections.get(image_id, Detections.empty())
@@ -209,7 +215,7 @@ def render_html(board: Leaderboard, plot_list: Sequence[Plot], title: str = "CXR
         "all detections kept.</p>",
     ]
     sections = [s for s in SECTIONS if any(p.section == s for p in plot_list)]
-    nav = ['<a href="#table">Leaderboard</a>', '<a href="#per-class-ap">Per-class AP table</a>']
+    nav = ['<a href="#table">Leaderboard</a>', '<a href="#per-class-ap">Per-class AP</a>']
     nav += [f'<a href="#{_anchor(s)}">{_e(s)}</a>' for s in sections]
     parts.append(f"<nav>{''.join(nav)}</nav>")
     parts.append('<h2 id="table">Leaderboard</h2>')
