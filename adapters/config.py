@@ -171,6 +171,11 @@ def parse_config(data: dict[str, Any], source: Path | None = None, overrides: li
             raise ConfigError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
         _set(data, k.strip(), v, where)
+    # null means "the default" (a resolved config written by train spells defaults out as null)
+    data = {k: v for k, v in data.items() if v is not None or k == "weights"}
+    for section in ("schedule", "predict"):
+        if isinstance(data.get(section), dict):
+            data[section] = {k: v for k, v in data[section].items() if v is not None}
     _check("", data, _TOP, where)
     for key in _REQUIRED:
         if key not in data:

@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.25,
         help="lowest box score in the confusion matrices and examples (default 0.25)",
     )
+    p.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a finding shown at the top of the HTML report (repeatable)",
+    )
     return parser
 
 
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs=args.runs,
                 examples=args.examples,
                 score_thr=args.conf,
+                notes=args.note,
             )
             print(res.board.to_text())
             for g in res.board.gates:

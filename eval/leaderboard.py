@@ -726,6 +726,7 @@ def leaderboard(
     runs: Sequence[str | Path] = (),
     examples: int = 4,
     score_thr: float = 0.25,
+    notes: Sequence[str] = (),
 ) -> LeaderboardOutput:
     """Score, rank and write: ``python -m eval leaderboard``.
 
@@ -742,6 +743,7 @@ def leaderboard(
         runs: training run folders or glob patterns (each with ``loss.csv``) for the loss plot.
         examples: example images to draw (0: none).
         score_thr: lowest box score in the confusion matrices and examples.
+        notes: findings shown at the top of the HTML page (e.g. the demo's conclusions).
 
     Raises:
         FileNotFoundError, ValueError: as `build_leaderboard`, `eval.analysis.read_loss_log`
@@ -765,6 +767,6 @@ def leaderboard(
             files += board.write(out)
             files += report.write_plots(figures, Path(out) / "plots")
         if html is not None:
-            page = report.write_html(board, figures, html)
+            page = report.write_html(board, figures, html, notes=notes)
             files.append(page)
     return LeaderboardOutput(board, files, page)

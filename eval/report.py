@@ -195,8 +195,13 @@ def _numeric(text: str) -> bool:
     return t == "–" or t.replace(".", "", 1).replace("-", "", 1).isdigit()
 
 
-def render_html(board: Leaderboard, plot_list: Sequence[Plot], title: str = "CXRFuse leaderboard") -> str:
-    """The report page as a string: the tables and every plot, self-contained."""
+def render_html(
+    board: Leaderboard,
+    plot_list: Sequence[Plot],
+    title: str = "CXRFuse leaderboard",
+    notes: Sequence[str] = (),
+) -> str:
+    """The report page as a string: the findings ``notes``, the tables and every plot, self-contained."""
     ds, metric = board.dataset, board.metric
     n_normal = sum(ds.is_normal(i) for i in ds.image_ids)
     rows = [board.cells(r) for r in board.rows]
@@ -214,6 +219,10 @@ def render_html(board: Leaderboard, plot_list: Sequence[Plot], title: str = "CXR
         "the best highlighted. AP50 and mAP@[.5:.95] are COCO mAP over the dataset's categories, "
         "all detections kept.</p>",
     ]
+    if notes:
+        parts.append('<h2 id="findings">Findings</h2><ul id="findings-list">')
+        parts += [f"<li>{_e(n)}</li>" for n in notes]
+        parts.append("</ul>")
     sections = [s for s in SECTIONS if any(p.section == s for p in plot_list)]
     nav = ['<a href="#table">Leaderboard</a>', '<a href="#per-class-ap">Per-class AP</a>']
     nav += [f'<a href="#{_anchor(s)}">{_e(s)}</a>' for s in sections]
@@ -256,10 +265,14 @@ def html_path(dest: str | Path) -> Path:
 
 
 def write_html(
-    board: Leaderboard, plot_list: Sequence[Plot], dest: str | Path, title: str = "CXRFuse leaderboard"
+    board: Leaderboard,
+    plot_list: Sequence[Plot],
+    dest: str | Path,
+    title: str = "CXRFuse leaderboard",
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write the report page atomically to `html_path` of ``dest``; returns its path."""
     path = html_path(dest)
     with atomic_open(path, "w", encoding="utf-8") as f:
-        f.write(render_html(board, plot_list, title))
+        f.write(render_html(board, plot_list, title, notes))
     return path

@@ -1,0 +1,1 @@
+"""The whole CXRFuse flow as one command driven by a config: ``python -m pipeline run CONFIG``."""
