@@ -132,18 +132,14 @@ def _predict(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from adapters.base import AdapterError
+    from adapters.config import ConfigError
+
     try:
         return _train(args) if args.cmd == "train" else _predict(args)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        from adapters.base import AdapterError
-        from adapters.config import ConfigError
-
-        if isinstance(e, RuntimeError) and not isinstance(e, AdapterError):
-            raise
-        if isinstance(e, ConfigError | AdapterError | ValueError | FileNotFoundError | KeyError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except (ConfigError, AdapterError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

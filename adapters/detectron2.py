@@ -186,6 +186,11 @@ class Detectron2Detector:
         )
         try:
             trainer.train(0, iters)
+        except FloatingPointError as e:
+            raise AdapterError(
+                f"{self.name}: training diverged ({e}); lower schedule.lr or clip gradients "
+                "(SOLVER.CLIP_GRADIENTS in options)"
+            ) from None
         finally:
             if log is not None:
                 log.close()

@@ -50,13 +50,10 @@ class UltralyticsDetector:
 
     # ------------------------------------------------------------------ model
     def _model_yaml(self) -> str:
-        m = self.cfg.model
-        p = Path(m)
-        if p.suffix in (".yaml", ".yml") and (
-            p.is_file() or (self.cfg.source and (self.cfg.source.parent / p).is_file())
-        ):
+        """A bare name (``yolov8n.yaml``) is Ultralytics' built-in model; a path (with ``/``) is a file."""
+        if "/" in self.cfg.model or "\\" in self.cfg.model:
             return str(self.cfg.model_path())
-        return m  # a built-in Ultralytics model YAML name, e.g. yolov8n.yaml, yolov5nu.yaml
+        return self.cfg.model
 
     def _load(self):
         YOLO = _import()

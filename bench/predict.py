@@ -116,6 +116,7 @@ def main() -> None:
     print(f"{'adapter':<12} {'model':<38} {'native img/s':>12} {'adapter img/s':>13} {'overhead':>9}")
     for adapter in args.adapters.split(","):
         overrides = ["device=cpu", "schedule.workers=0", "schedule.batch_size=2", "predict.batch_size=1"]
+        overrides += [f"dataset.train={ds_path}", f"dataset.val={ds_path}"]
         overrides += ["schedule.epochs=1"] if adapter == "ultralytics" else ["schedule.iterations=1"]
         if adapter == "ultralytics":
             overrides += ["options={val: false, mosaic: 0.0}"]

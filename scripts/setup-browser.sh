@@ -33,6 +33,17 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# Ubuntu ships Chromium only as a snap, which does not run in containers: take Debian's
+# build instead, pinned so that nothing else comes from Debian.
+if grep -qi '^ID=ubuntu' /etc/os-release 2>/dev/null; then
+    say "Ubuntu: adding Debian bookworm's chromium (pinned to chromium only)"
+    "${SUDO[@]}" apt-get update -q
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends debian-archive-keyring
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" \
+        | "${SUDO[@]}" tee /etc/apt/sources.list.d/debian-chromium.list >/dev/null
+    printf 'Package: *\nPin: release o=Debian\nPin-Priority: 100\n\nPackage: chromium chromium-common chromium-driver chromium-sandbox\nPin: release o=Debian\nPin-Priority: 700\n' \
+        | "${SUDO[@]}" tee /etc/apt/preferences.d/debian-chromium >/dev/null
+fi
 say "apt-get update"
 "${SUDO[@]}" apt-get update -q
 say "apt-get install -y --no-install-recommends chromium chromium-driver"

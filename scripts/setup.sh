@@ -46,9 +46,25 @@ say "installing $TORCH_PIN $TORCHVISION_PIN"
 mkdir -p "$WHEELS"
 
 # --- mmcv 2.1.0 with ops: sdist only; needs C++20 for torch 2.14's headers. ---------
-MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -1 || true)"
+# With nvcc and a visible GPU (a GPU workstation) the ops are built for CUDA too;
+# CXRFUSE_MMCV_CUDA=1 forces that (the CUDA Docker image, built without a GPU), 0 forbids it.
+# Each flavour has its own cache folder.
+want_cuda() {
+    case "${CXRFUSE_MMCV_CUDA:-auto}" in
+        1) return 0 ;;
+        0) return 1 ;;
+        *) command -v nvcc >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 ;;
+    esac
+}
+if want_cuda; then
+    MMCV_FLAVOUR=cuda; FORCE_CUDA=1
+else
+    MMCV_FLAVOUR=cpu; FORCE_CUDA=0
+fi
+mkdir -p "$WHEELS/mmcv-$MMCV_FLAVOUR"
+MMCV_WHEEL="$(ls "$WHEELS/mmcv-$MMCV_FLAVOUR"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -1 || true)"
 if [[ -z "$MMCV_WHEEL" ]]; then
-    say "building the mmcv $MMCV_VERSION wheel with CPU ops (once; about 20 minutes on 2 cores)"
+    say "building the mmcv $MMCV_VERSION wheel with $MMCV_FLAVOUR ops (once; about 20 minutes on 2 cores)"
     BUILD="$(mktemp -d)"
     trap 'rm -rf "$BUILD"' EXIT
     "${PIP[@]}" install -q "setuptools<70" wheel ninja
@@ -56,12 +72,13 @@ if [[ -z "$MMCV_WHEEL" ]]; then
         "mmcv==$MMCV_VERSION" -d "$BUILD"
     tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
     sed -i 's/-std=c++17/-std=c++20/g' "$BUILD/mmcv-$MMCV_VERSION/setup.py"
-    (cd "$BUILD/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$(nproc)" \
+    (cd "$BUILD/mmcv-$MMCV_VERSION" && MMCV_WITH_OPS=1 FORCE_CUDA="$FORCE_CUDA" MAX_JOBS="$(nproc)" \
         "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$BUILD/out" .)
     BUILT="$(ls "$BUILD"/out/mmcv-*.whl)"
     # atomic: only a complete wheel ever gets its real name in the cache
-    cp "$BUILT" "$WHEELS/.partial.whl" && mv "$WHEELS/.partial.whl" "$WHEELS/$(basename "$BUILT")"
-    MMCV_WHEEL="$WHEELS/$(basename "$BUILT")"
+    DEST="$WHEELS/mmcv-$MMCV_FLAVOUR"
+    cp "$BUILT" "$DEST/.partial.whl" && mv "$DEST/.partial.whl" "$DEST/$(basename "$BUILT")"
+    MMCV_WHEEL="$DEST/$(basename "$BUILT")"
 fi
 
 # --- detectron2 v0.6 Python sources (pb1-detectron2 sdist) without the C++ extension. --
