@@ -70,6 +70,7 @@ def _train(args) -> int:
     if not train_json:
         raise ValueError(f"{args.config}: no training set: set dataset.train or pass --dataset")
     dataset = CocoDataset.load(train_json)
+    model = build(cfg)  # a bad model config fails here, before the run directory is touched
     out_dir = Path(args.out_dir or cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = cfg.to_dict()
@@ -79,7 +80,7 @@ def _train(args) -> int:
     write_json(out_dir / "categories.json", dataset.categories, indent=1)
     print(f"training {cfg.name} ({cfg.adapter}) on {train_json}: {len(dataset.images)} images → {out_dir}")
     t0 = time.perf_counter()
-    weights = build(cfg).train(dataset, out_dir)
+    weights = model.train(dataset, out_dir)
     print(f"done in {time.perf_counter() - t0:.0f} s: weights {weights}, losses {out_dir / 'loss.csv'}")
     return 0
 

@@ -86,9 +86,13 @@ def native_call(adapter: str, det):
 
         model = det._load()
 
+        import cv2
+
         def run(paths):
+            # images read here as the adapter does: inference_detector rewrites the model's test
+            # pipeline for arrays on first use, after which it no longer takes paths
             for x in paths:
-                inference_detector(model, str(x)).pred_instances.bboxes.numpy()
+                inference_detector(model, cv2.imread(str(x))).pred_instances.bboxes.numpy()
 
         return run
     raise KeyError(adapter)
