@@ -114,6 +114,60 @@ def load_torch_file(path: str | Path) -> Any:
         raise AdapterError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
 
 
+def save_torch_file(path: Path, obj: Any) -> Path:
+    """``torch.save`` under a temporary name, renamed onto ``path`` only once complete."""
+    import torch
+
+    from core.io import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
+
+
+class DetectorAdapter:
+    """What the detector adapters share: the config, the weights to predict from, the class map.
+
+    A subclass implements ``train``, ``predict`` and ``_load`` (which reads ``self.weights`` and
+    sets ``self.categories`` from the checkpoint).
+    """
+
+    kind = "detector"
+
+    def __init__(self, cfg: Any, weights: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.weights = Path(weights) if weights else None
+        self.categories: CategoryMap | None = None
+        self._model: Any = None
+
+    def _checkpoint(self) -> Any:
+        """The checkpoint at ``self.weights`` (an `AdapterError` if none was given)."""
+        if self.weights is None:
+            raise AdapterError(f"{self.name}: predict needs weights (--weights)")
+        return load_torch_file(self.weights)
+
+    def _load(self) -> Any:
+        raise NotImplementedError
+
+    def check_categories(self, dataset: CocoDataset) -> None:
+        """Refuse weights trained for other classes than ``dataset``'s."""
+        self._load()
+        CategoryMap.from_dataset(dataset).check_same(self.categories, str(self.weights))
+
+    def _check_fits(self, model: Any, state_dict: dict) -> None:
+        """An `AdapterError` unless ``state_dict`` has every weight of ``model`` in the right shape."""
+        want = model.state_dict()
+        bad = [k for k, v in state_dict.items() if k in want and tuple(want[k].shape) != tuple(v.shape)]
+        if bad:
+            raise AdapterError(f"{self.weights}: does not fit {Path(self.cfg.model).name} (e.g. {bad[0]})")
+        missing = [k for k in want if k not in state_dict]
+        if missing:
+            raise AdapterError(
+                f"{self.weights}: lacks {len(missing)} weights of the model, e.g. {missing[0]}"
+            )
+
+
 class LossLog:
     """Per-step training losses as CSV: ``step,epoch,loss`` then one column per loss term.
 

@@ -21,11 +21,13 @@ from adapters._detectron2_env import prepare_detectron2
 from adapters.base import (
     AdapterError,
     CategoryMap,
+    DetectorAdapter,
     LossLog,
     batched,
     load_torch_file,
     read_image_bgr,
     resolve_device,
+    save_torch_file,
     to_detections,
 )
 from adapters.config import ModelConfig
@@ -80,16 +82,12 @@ class _Checkpointer:
         return Checkpointer(model, save_dir="")
 
 
-class Detectron2Detector:
+class Detectron2Detector(DetectorAdapter):
     """Faster R-CNN (or any GeneralizedRCNN) from a Detectron2 YAML."""
 
     def __init__(self, cfg: ModelConfig, weights: str | Path | None = None) -> None:
         prepare_detectron2()
-        self.cfg = cfg
-        self.name = cfg.name
-        self.weights = Path(weights) if weights else None
-        self.categories: CategoryMap | None = None
-        self._model = None
+        super().__init__(cfg, weights)
         self._d2cfg = None
 
     def _build_cfg(self, num_classes: int, device: str):
@@ -197,17 +195,15 @@ class Detectron2Detector:
         weights = out_dir / "weights.pth"
         if comm.is_main_process():
             core = model.module if world > 1 else model
-            tmp = out_dir / "weights.pth.part"
-            torch.save(
+            save_torch_file(
+                weights,
                 {
                     "model": core.state_dict(),
                     "cxrfuse_categories": cats.to_json(),
                     "framework": "detectron2",
                     "config": c.dump(),
                 },
-                tmp,
             )
-            tmp.replace(weights)
         DatasetCatalog.remove(name)
         self.weights, self._model, self.categories = weights, None, cats
         return weights
@@ -216,11 +212,9 @@ class Detectron2Detector:
     def _load(self):
         if self._model is not None:
             return self._model
-        if self.weights is None:
-            raise AdapterError(f"{self.name}: predict needs weights (--weights)")
         from detectron2.modeling import build_model
 
-        ckpt = load_torch_file(self.weights)
+        ckpt = self._checkpoint()
         if not isinstance(ckpt, dict) or "model" not in ckpt:
             raise AdapterError(f"{self.weights}: not a Detectron2 checkpoint (no 'model' entry)")
         if "cxrfuse_categories" not in ckpt:
@@ -229,16 +223,8 @@ class Detectron2Detector:
         c = self._build_cfg(len(self.categories), resolve_device(self.cfg.device))
         c.freeze()
         model = build_model(c)
-        sd = ckpt["model"]
-        want = model.state_dict()
-        bad = [k for k, v in sd.items() if k in want and tuple(want[k].shape) != tuple(v.shape)]
-        if bad:
-            raise AdapterError(f"{self.weights}: does not fit {self.cfg.model_path().name} (e.g. {bad[0]})")
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing:
-            raise AdapterError(
-                f"{self.weights}: lacks {len(missing)} weights of the model, e.g. {missing[0]}"
-            )
+        self._check_fits(model, ckpt["model"])
+        model.load_state_dict(ckpt["model"], strict=False)
         model.eval()
         self._d2cfg, self._model = c, model
         return model
@@ -267,8 +253,3 @@ class Detectron2Detector:
                 yield to_detections(
                     inst.pred_boxes.tensor.numpy(), inst.scores.numpy(), labels, inp["width"], inp["height"]
                 )
-
-    def check_categories(self, dataset: CocoDataset) -> None:
-        """Refuse weights trained for other classes than ``dataset``'s."""
-        self._load()
-        CategoryMap.from_dataset(dataset).check_same(self.categories, str(self.weights))

@@ -22,14 +22,15 @@ import numpy as np
 from adapters.base import (
     AdapterError,
     CategoryMap,
+    DetectorAdapter,
     LossLog,
     batched,
     load_torch_file,
     read_image_bgr,
     resolve_device,
+    save_torch_file,
     to_detections,
 )
-from adapters.config import ModelConfig
 from core.coco import CocoDataset
 from core.detections import Detections
 
@@ -44,15 +45,8 @@ def _state_dict(ckpt: Any, path: Path) -> dict:
     raise AdapterError(f"{path}: not an MMDetection checkpoint (no 'state_dict')")
 
 
-class MMDetDetector:
+class MMDetDetector(DetectorAdapter):
     """Faster R-CNN (or another two-stage detector) from an MMDetection config."""
-
-    def __init__(self, cfg: ModelConfig, weights: str | Path | None = None) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self.weights = Path(weights) if weights else None
-        self.categories: CategoryMap | None = None
-        self._model = None
 
     def _pipelines(self) -> tuple[list, list]:
         size = self.cfg.image_size
@@ -94,7 +88,6 @@ class MMDetDetector:
     # ------------------------------------------------------------------ train
     def train(self, dataset: CocoDataset, out_dir: Path) -> Path:
         import mmdet  # noqa: F401  (framework import, only here)
-        import torch
         from mmengine.hooks import Hook
         from mmengine.runner import Runner
         from mmengine.runner.checkpoint import load_state_dict
@@ -213,16 +206,14 @@ class MMDetDetector:
         weights = out_dir / "weights.pth"
         if runner.rank == 0:
             model = runner.model.module if hasattr(runner.model, "module") else runner.model
-            tmp = out_dir / "weights.pth.part"
-            torch.save(
+            save_torch_file(
+                weights,
                 {
                     "state_dict": model.state_dict(),
                     "cxrfuse_categories": cats.to_json(),
                     "framework": "mmdet",
                 },
-                tmp,
             )
-            tmp.replace(weights)
         self.weights, self._model, self.categories = weights, None, cats
         return weights
 
@@ -230,12 +221,10 @@ class MMDetDetector:
     def _load(self):
         if self._model is not None:
             return self._model
-        if self.weights is None:
-            raise AdapterError(f"{self.name}: predict needs weights (--weights)")
         from mmdet.apis import init_detector
         from mmengine.runner.checkpoint import load_state_dict
 
-        ckpt = load_torch_file(self.weights)
+        ckpt = self._checkpoint()
         sd = _state_dict(ckpt, self.weights)
         if not isinstance(ckpt, dict) or "cxrfuse_categories" not in ckpt:
             raise AdapterError(f"{self.weights}: no class list; train it with `python -m adapters train`")
@@ -243,15 +232,7 @@ class MMDetDetector:
         device = resolve_device(self.cfg.device)
         c = self._mm_cfg(self.categories)
         model = init_detector(c, checkpoint=None, device="cuda" if device != "cpu" else "cpu")
-        want = model.state_dict()
-        bad = [k for k, v in sd.items() if k in want and tuple(want[k].shape) != tuple(v.shape)]
-        if bad:
-            raise AdapterError(f"{self.weights}: does not fit {self.cfg.model_path().name} (e.g. {bad[0]})")
-        missing = [k for k in want if k not in sd]
-        if missing:
-            raise AdapterError(
-                f"{self.weights}: lacks {len(missing)} weights of the model, e.g. {missing[0]}"
-            )
+        self._check_fits(model, sd)
         load_state_dict(model, sd, strict=True)
         model.dataset_meta = {"classes": self.categories.names}
         model.eval()
@@ -270,8 +251,3 @@ class MMDetDetector:
                 yield to_detections(
                     inst.bboxes.numpy(), inst.scores.numpy(), labels, arr.shape[1], arr.shape[0]
                 )
-
-    def check_categories(self, dataset: CocoDataset) -> None:
-        """Refuse weights trained for other classes than ``dataset``'s."""
-        self._load()
-        CategoryMap.from_dataset(dataset).check_same(self.categories, str(self.weights))

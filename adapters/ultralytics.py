@@ -19,13 +19,15 @@ import numpy as np
 from adapters.base import (
     AdapterError,
     CategoryMap,
+    DetectorAdapter,
     LossLog,
     batched,
+    load_torch_file,
     read_image_bgr,
     resolve_device,
+    save_torch_file,
     to_detections,
 )
-from adapters.config import ModelConfig
 from core.coco import CocoDataset
 from core.detections import Detections
 
@@ -38,15 +40,8 @@ def _import():
     return YOLO
 
 
-class UltralyticsDetector:
+class UltralyticsDetector(DetectorAdapter):
     """YOLO detector from an Ultralytics model YAML (``yolov8n.yaml``, ``yolov5nu.yaml`` → ``yolov5n``)."""
-
-    def __init__(self, cfg: ModelConfig, weights: str | Path | None = None) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self.weights = Path(weights) if weights else None
-        self.categories: CategoryMap | None = None
-        self._model = None
 
     # ------------------------------------------------------------------ model
     def _model_yaml(self) -> str:
@@ -59,11 +54,7 @@ class UltralyticsDetector:
         YOLO = _import()
         if self._model is not None:
             return self._model
-        if self.weights is None:
-            raise AdapterError(f"{self.name}: predict needs weights (--weights)")
-        from adapters.base import load_torch_file
-
-        ckpt = load_torch_file(self.weights)
+        ckpt = self._checkpoint()
         if not isinstance(ckpt, dict) or "model" not in ckpt:
             raise AdapterError(f"{self.weights}: not an Ultralytics checkpoint (no 'model' entry)")
         cats = ckpt.get("cxrfuse_categories")
@@ -94,8 +85,6 @@ class UltralyticsDetector:
             raise AdapterError(f"{self.cfg.source}: Ultralytics trains in epochs; set schedule.epochs")
         model = YOLO(self._model_yaml(), task="detect")
         if self.cfg.weights:
-            from adapters.base import load_torch_file
-
             load_torch_file(self.cfg.weights)  # clear error for a missing/damaged file before Ultralytics
             model.load(self.cfg.weights)
         amp = bool(self.cfg.options.get("amp", device != "cpu"))
@@ -148,15 +137,10 @@ class UltralyticsDetector:
         src = best if best.is_file() else save_dir / "weights" / "last.pt"
         if not src.is_file():
             raise AdapterError(f"Ultralytics wrote no weights under {save_dir / 'weights'}")
-        import torch
-
-        from adapters.base import load_torch_file
 
         ckpt = load_torch_file(src)
         ckpt["cxrfuse_categories"] = cats.to_json()
-        tmp = out_dir / "weights.pt.part"
-        torch.save(ckpt, tmp)
-        tmp.replace(out_dir / "weights.pt")
+        save_torch_file(out_dir / "weights.pt", ckpt)
         shutil.rmtree(out_dir / "yolo_data" / "labels", ignore_errors=True)  # a cache, rebuilt on demand
         self.weights, self._model, self.categories = out_dir / "weights.pt", None, cats
         return out_dir / "weights.pt"
@@ -183,8 +167,3 @@ class UltralyticsDetector:
                 yield to_detections(
                     b.xyxy.cpu().numpy(), b.conf.cpu().numpy(), labels, arr.shape[1], arr.shape[0]
                 )
-
-    def check_categories(self, dataset: CocoDataset) -> None:
-        """Refuse weights trained for other classes than ``dataset``'s."""
-        self._load()
-        CategoryMap.from_dataset(dataset).check_same(self.categories, str(self.weights))

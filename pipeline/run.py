@@ -259,13 +259,16 @@ def findings(rows: Sequence[Any], metric_label: str) -> list[str]:
     notes: list[str] = []
     singles = [r for r in rows if r.kind == "detector"]
     fusions = [r for r in rows if r.kind == "fusion"]
-    if singles and fusions:
+    # like against like: the models carry no gate, so fusion is judged on its ungated runs
+    plain = [r for r in fusions if not r.name.endswith("+gate")] or fusions
+    if singles and plain:
         bs = max(singles, key=lambda r: r.score)
-        bf = max(fusions, key=lambda r: r.score)
+        bf = max(plain, key=lambda r: r.score)
         verdict = "beat" if bf.score > bs.score else "did not beat"
         notes.append(
-            f"Fusion {verdict} the best single model on {metric_label}: best fusion {bf.name} "
-            f"{bf.score:.4f} vs best model {bs.name} {bs.score:.4f} ({bf.score - bs.score:+.4f})."
+            f"Fusion {verdict} the best single model on {metric_label} (both without the gate): "
+            f"best fusion {bf.name} {bf.score:.4f} vs best model {bs.name} {bs.score:.4f} "
+            f"({bf.score - bs.score:+.4f})."
         )
     by_name = {r.name: r for r in fusions}
     pairs = [(r, by_name[f"{r.name}+gate"]) for r in fusions if f"{r.name}+gate" in by_name]

@@ -75,7 +75,7 @@ def test_findings_state_what_the_numbers_say():
     notes = findings(rows, "mAP@0.4")
     assert (
         notes[0].startswith("Fusion beat the best single model")
-        and "wbf+gate 0.4000 vs best model a 0.3000" in notes[0]
+        and "wbf 0.3500 vs best model a 0.3000" in notes[0]
     )
     assert notes[1].startswith("The gate helped in part: 1 of 2")
     worse = findings(
