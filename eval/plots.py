@@ -212,7 +212,13 @@ def loss_curves(title: str, logs: Sequence[LossLog]) -> bytes:
             ls = (0, (5, 2 + 2 * k))  # dashed; a longer gap for each further component
             ax.plot(log.step, values, color=color, lw=1.0, ls=ls, alpha=0.85, label=f"{log.label}: {name}")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    positive = [v for log in logs for v in log.loss if v > 0]
+    # runs of several frameworks (and divergence spikes) span decades: a log axis keeps each readable
+    if positive and max(positive) > 100 * min(positive):
+        ax.set_yscale("log")
+        ax.set_ylabel("loss (log scale)")
+    else:
+        ax.set_ylabel("loss")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if logs:
