@@ -51,10 +51,10 @@ from typing import Any
 
 import numpy as np
 
-from adapters.base import AdapterError, LossLog, batched, load_torch_file, resolve_device
+from adapters.base import AdapterError, LossLog, batched, load_torch_file, resolve_device, save_torch_file
 from adapters.config import ModelConfig
 from core.coco import CocoDataset
-from core.io import atomic_open, write_png
+from core.io import atomic_open, read_image_gray, write_png
 
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 #: ImageNet statistics, for the gray image replicated to three channels
@@ -87,13 +87,7 @@ def _gray(image: Path | np.ndarray) -> np.ndarray:
         if arr.ndim == 3:
             arr = arr[:, :, 0] if arr.shape[2] == 1 else cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
         return np.ascontiguousarray(arr)
-    path = Path(image)
-    if not path.is_file():
-        raise AdapterError(f"{path}: no such image")
-    arr = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if arr is None:
-        raise AdapterError(f"{path}: cannot read image")
-    return arr
+    return read_image_gray(image)
 
 
 def fit_square(gray: np.ndarray, size: int, resize: str) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -454,8 +448,7 @@ class ResNetGate:
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "train": {"images": len(ids), "abnormal": n_abn, "steps": step, "epochs": epoch, "seed": s.seed},
         }
-        with atomic_open(weights, "wb") as f:
-            torch.save(ckpt, f)
+        save_torch_file(weights, ckpt)
         self.weights, self._model = weights, model.eval()
         self._meta = {"image_size": size, "resize": resize, "mean": list(MEAN), "std": list(STD)}
         return weights

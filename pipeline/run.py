@@ -18,7 +18,6 @@ one step). Everything lands under the config's ``work_dir``.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shlex
@@ -67,6 +66,7 @@ class ModelEntry:
     config: Path
     overrides: list[str] = field(default_factory=list)
     name: str = ""
+    adapter: str = ""
 
 
 @dataclass
@@ -107,7 +107,8 @@ def _entry(item: Any, where: str, key: str, overrides: Sequence[str]) -> ModelEn
     from adapters.config import load_config
 
     extra = [*sets, *overrides]
-    return ModelEntry(cfg, extra, load_config(cfg, extra).name)
+    model = load_config(cfg, extra)
+    return ModelEntry(cfg, extra, model.name, model.adapter)
 
 
 def load_pipeline(
@@ -201,7 +202,7 @@ def plan(p: Pipeline) -> list[Step]:
     for m in [*p.models, *([p.gate] if p.gate else [])]:
         run = wd / "runs" / m.name
         sets = [x for o in [*m.overrides, f"dataset.val={val_json}"] for x in ("--set", o)]
-        weights = run / ("weights.pt" if _adapter(m) == "ultralytics" else "weights.pth")
+        weights = run / ("weights.pt" if m.adapter == "ultralytics" else "weights.pth")
         steps.append(
             Step(f"train:{m.name}", _py("adapters", "train", m.config, "--dataset", train_json,
                                         "--out-dir", run, *sets), [weights, run / "loss.csv"])
@@ -238,12 +239,6 @@ def plan(p: Pipeline) -> list[Step]:
     steps.append(Step("submission", None, [wd / "submission.csv"]))
     steps[-1].fn = lambda: _submission(p)
     return steps
-
-
-def _adapter(m: ModelEntry) -> str:
-    from adapters.config import load_config
-
-    return load_config(m.config, m.overrides).adapter
 
 
 def _all_preds(p: Pipeline) -> list[Path]:
@@ -374,10 +369,3 @@ def run(
     print(f"pipeline finished in {total:.0f} s; report: {p.work_dir / 'report' / 'index.html'}")
     (p.work_dir / "timings.json").write_text(json.dumps(report, indent=1))
     return report
-
-
-def resolved(p: Pipeline) -> dict[str, Any]:
-    """The pipeline as plain data (for logs)."""
-    out = copy.deepcopy({k: v for k, v in p.__dict__.items() if k not in ("models", "gate")})
-    out["models"] = [str(m.config) for m in p.models]
-    return out
