@@ -1,4 +1,4 @@
-"""Fusion throughput: ours (`ensemble.fusion`) beside ensemble-boxes 1.0.9 on the same seeded boxes.
+"""Fusion throughput: ours (`fusion.engine`) beside ensemble-boxes 1.0.9 on the same seeded boxes.
 
     python bench/fusion.py [--images 3000] [--models 5] [--boxes 100] [--labels 15]
 
@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.detections import Detections  # noqa: E402
-from ensemble.fusion import fuse, fuse_many  # noqa: E402
+from fusion.engine import fuse, fuse_many  # noqa: E402
 
 
 def make_data(n_images: int, n_models: int, n_boxes: int, n_labels: int, seed: int = 0):

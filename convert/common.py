@@ -258,7 +258,7 @@ def build_dataset(
             if annotator is not None:
                 ann["rad_id"] = annotator
             annotations.append(ann)
-    from convert.classes import coco_categories
+    from core.classes import coco_categories
 
     info = {
         "source": source,
@@ -315,7 +315,7 @@ def make_fuser(method: str, iou_thr: float = 0.4) -> Fuser:
         if not boxes:
             return []
         from core.detections import Detections
-        from ensemble.fusion import fuse as fuse_models
+        from fusion.engine import fuse as fuse_models
 
         dets = []
         for group in group_by_annotator(boxes).values():

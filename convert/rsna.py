@@ -6,7 +6,7 @@ import csv
 import math
 from pathlib import Path
 
-from convert.classes import RSNA_CLASSES
+from core.classes import RSNA_CLASSES
 from convert.common import (
     BuildOptions,
     ConversionError,

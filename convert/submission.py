@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.classes import VINBIG_NO_FINDING
+from core.classes import VINBIG_NO_FINDING
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.io import atomic_open

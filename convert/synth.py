@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from convert.classes import VINBIG_CLASSES, VINBIG_NO_FINDING, VINBIG_NO_FINDING_NAME
+from core.classes import VINBIG_CLASSES, VINBIG_NO_FINDING, VINBIG_NO_FINDING_NAME
 
 __all__ = [
     "DEFAULT_CLASSES",

@@ -6,7 +6,7 @@ import csv
 import math
 from pathlib import Path
 
-from convert.classes import VINBIG_CLASSES, VINBIG_NO_FINDING, VINBIG_NO_FINDING_NAME
+from core.classes import VINBIG_CLASSES, VINBIG_NO_FINDING, VINBIG_NO_FINDING_NAME
 from convert.common import (
     BuildOptions,
     ConversionError,

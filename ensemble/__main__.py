@@ -1,7 +1,7 @@
 """``python -m ensemble VERB``: fuse models' boxes (``run``) and search fusion settings (``sweep``).
 
 Fusion methods: WBF (weighted boxes fusion), NMS, Soft-NMS and NMW (non-maximum weighted), equal to
-ensemble-boxes on the same boxes divided by the image size (see ensemble/fusion.py).
+ensemble-boxes on the same boxes divided by the image size (see fusion/engine.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import math
 import sys
 from pathlib import Path
 
-from ensemble.fusion import CONF_TYPES, METHODS, SOFT_METHODS
-from ensemble.gate import GATE_MODES
+from fusion.engine import CONF_TYPES, METHODS, SOFT_METHODS
+from fusion.gate import GATE_MODES
 from ensemble.sweep import METRICS
 
 GATE_RULES = """The gate (a normal/abnormal classifier's [{image_id, p_abnormal}] file, --gate) adds VinBigData's
@@ -206,7 +206,7 @@ def _progress():
 
 def _run(args: argparse.Namespace) -> None:
     from ensemble.run import run
-    from ensemble.settings import FusionSettings, merge, read_settings
+    from fusion.settings import FusionSettings, merge, read_settings
 
     base, info = (FusionSettings(), {}) if args.config is None else read_settings(args.config)
     settings = merge(

@@ -1,10 +1,10 @@
 """``python -m ensemble run``: fuse several models' results files into one, optionally gated.
 
 Reads the results files and the dataset (`ensemble.inputs`), fuses every image with
-`ensemble.fusion.fuse_many` (in chunks, for a progress bar), applies the gate's rule
-(`ensemble.gate`) and writes ``NAME.json`` + ``NAME.meta.json`` (`core.predictions`, kind
+`fusion.engine.fuse_many` (in chunks, for a progress bar), applies the gate's rule
+(`fusion.gate`) and writes ``NAME.json`` + ``NAME.meta.json`` (`core.predictions`, kind
 ``fusion``). The sidecar holds ``method``, ``inputs`` (the files, in weight order), ``input_names``,
-``options`` (every `ensemble.fusion.fuse` option), ``gate`` (``{path, mode, low, high}`` or null),
+``options`` (every `fusion.engine.fuse` option), ``gate`` (``{path, mode, low, high}`` or null),
 ``dataset``, ``config``, ``images``, ``seconds`` and ``images_per_second`` (fusion and gate only,
 without file reading and writing).
 """
@@ -18,10 +18,10 @@ from typing import Any
 
 from core.detections import Detections
 from core.predictions import write_predictions
-from ensemble.fusion import fuse_many
-from ensemble.gate import apply_gate
+from fusion.engine import fuse_many
+from fusion.gate import apply_gate
 from ensemble.inputs import Inputs, read_inputs
-from ensemble.settings import FusionSettings
+from fusion.settings import FusionSettings
 
 CHUNK_IMAGES = 512
 """Images fused per `fuse_many` call by `fuse_dataset` (one progress-bar step)."""
@@ -39,7 +39,7 @@ def fuse_dataset(
     ``progress`` (a ``tqdm``-like class, called with ``total=`` and ``unit=``) can show them.
 
     Raises:
-        ValueError: as `ensemble.fusion.fuse_many`.
+        ValueError: as `fusion.engine.fuse_many`.
     """
     ids = list(sizes)
     opts = settings.fusion_options()
@@ -66,7 +66,7 @@ def fuse_and_gate(
 
     Raises:
         ValueError: for settings that do not fit the inputs (weights count, a gate mode without gate
-            scores or gate scores without a mode), or as `fuse_dataset` and `ensemble.gate.apply_gate`.
+            scores or gate scores without a mode), or as `fuse_dataset` and `fusion.gate.apply_gate`.
     """
     settings.validate(len(inputs.per_model))
     gate = settings.gate_options()

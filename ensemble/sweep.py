@@ -1,7 +1,7 @@
 """``python -m ensemble sweep``: score a grid of fusion (and gate) settings on a validation set.
 
 Every fusion setting (method × ``iou_thr`` × ``skip_box_thr`` × weights, × ``conf_type`` for WBF,
-× ``sigma`` for Soft-NMS) is fused once with `ensemble.fusion.fuse_many`; with a gate file, each
+× ``sigma`` for Soft-NMS) is fused once with `fusion.engine.fuse_many`; with a gate file, each
 fused result is then combined with every gate setting (mode, and for ``filter`` every ``low <= high``
 pair). Each result is scored by ``metric`` on the fused `Detections` themselves:
 
@@ -16,7 +16,7 @@ The file ``run`` writes with the same settings holds the same rows rounded as CO
 (around 1e-7 on test data; a box on an IoU threshold could flip a match). Scoring the rounded rows
 instead would build a results list per setting, three quarters of a setting's time.
 The folder ``out`` receives ``results.csv`` and ``results.json`` (every setting with its score, best
-first; ties keep grid order) and ``best.yaml`` (`ensemble.settings`), which ``run --config`` takes.
+first; ties keep grid order) and ``best.yaml`` (`fusion.settings`), which ``run --config`` takes.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Any
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.io import atomic_open, write_json
-from ensemble.fusion import METHODS, fuse_many
-from ensemble.gate import GATE_MODES, apply_gate, check_gate_options, strip_no_finding
+from fusion.engine import METHODS, fuse_many
+from fusion.gate import GATE_MODES, apply_gate, check_gate_options, strip_no_finding
 from ensemble.inputs import read_inputs
-from ensemble.settings import FusionSettings, write_settings
+from fusion.settings import FusionSettings, write_settings
 
 METRICS = ("vinbig", "coco", "rsna")
 CSV_COLUMNS = (

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from convert.classes import VINBIG_CLASSES
+from core.classes import VINBIG_CLASSES
 from convert.rsna import convert_rsna
 from convert.vinbig import convert_vinbig
 from core.coco import CocoDataset

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import yaml
 
-from convert.classes import VINBIG_CLASSES, coco_categories
+from core.classes import VINBIG_CLASSES, coco_categories
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.io import read_json, write_json
 from core.predictions import meta_path, read_meta, read_predictions, write_gate, write_predictions
 from ensemble.__main__ import main
-from ensemble.fusion import fuse_many
-from ensemble.gate import NO_FINDING, apply_gate
+from fusion.engine import fuse_many
+from fusion.gate import NO_FINDING, apply_gate
 from ensemble.inputs import read_inputs
 from ensemble.run import fuse_and_gate
-from ensemble.settings import FusionSettings
+from fusion.settings import FusionSettings
 from eval.metrics import vinbig_map
 from tests.conftest_paths import REPO
 from tests.test_fusion import canonical, reference

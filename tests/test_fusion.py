@@ -1,4 +1,4 @@
-"""Fusion (`ensemble.fusion`) against ensemble-boxes 1.0.9 on the same inputs, plus its own contract."""
+"""Fusion (`fusion.engine`) against ensemble-boxes 1.0.9 on the same inputs, plus its own contract."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.detections import Detections
-from ensemble.fusion import fuse, fuse_many
+from fusion.engine import fuse, fuse_many
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "vinbigdata"
 W, H = 640, 512

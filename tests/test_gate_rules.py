@@ -1,4 +1,4 @@
-"""The gate's combination rules (`ensemble.gate`): each rule, its direction, its thresholds, the metric."""
+"""The gate's combination rules (`fusion.gate`): each rule, its direction, its thresholds, the metric."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.detections import Detections
-from ensemble.gate import NO_FINDING, NO_FINDING_BOX, apply_gate, strip_no_finding
+from fusion.gate import NO_FINDING, NO_FINDING_BOX, apply_gate, strip_no_finding
 from eval.metrics import vinbig_map
 
 

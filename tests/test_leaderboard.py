@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from convert.classes import VINBIG_CLASSES, coco_categories
+from core.classes import VINBIG_CLASSES, coco_categories
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.io import write_json, write_png

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from convert.classes import VINBIG_CLASSES
+from core.classes import VINBIG_CLASSES
 from convert.dicom import dicom_to_uint8
 from convert.synth import (
     ALL_CLASSES,

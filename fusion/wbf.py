@@ -1,6 +1,6 @@
 """Weighted boxes fusion (WBF) and non-maximum weighted (NMW) over groups of boxes.
 
-These are the engines behind `ensemble.fusion.fuse`; call that instead. A *group* is the boxes of one
+These are the engines behind `fusion.engine.fuse`; call that instead. A *group* is the boxes of one
 label in one image, already prefiltered and sorted by descending weighted score, stored contiguously in
 flat arrays (``starts``/``lengths`` index them). Coordinates are normalised ``xyxy`` in ``[0, 1]``.
 

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from convert.classes import VINBIG_NO_FINDING
+from core.classes import VINBIG_NO_FINDING
 from core.detections import Detections
 
 GateMode = Literal["append", "filter", "rescale"]

@@ -1,6 +1,6 @@
 """Non-maximum suppression (NMS) and Soft-NMS over groups of boxes.
 
-These are the engines behind `ensemble.fusion.fuse`; call that instead. A *group* is the boxes of one
+These are the engines behind `fusion.engine.fuse`; call that instead. A *group* is the boxes of one
 label in one image, stored contiguously in flat arrays (``starts``/``lengths`` index them), coordinates
 normalised ``xyxy`` in ``[0, 1]``. All groups advance in lockstep, one box per group per NumPy step,
 reproducing ensemble-boxes 1.0.9's ``nms`` and ``soft_nms`` (``cpu_soft_nms_float``).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ensemble.wbf import _active_counts, _area, _chunks, _iou_to_slots
+from fusion.wbf import _active_counts, _area, _chunks, _iou_to_slots
 
 
 def nms_groups(boxes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, iou_thr: float) -> np.ndarray:

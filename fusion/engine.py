@@ -35,8 +35,8 @@ from typing import Literal
 import numpy as np
 
 from core.detections import Detections
-from ensemble.nms import nms_groups, soft_nms_groups
-from ensemble.wbf import nmw_groups, wbf_groups
+from fusion.nms import nms_groups, soft_nms_groups
+from fusion.wbf import nmw_groups, wbf_groups
 
 Method = Literal["wbf", "nms", "soft-nms", "nmw"]
 METHODS = ("wbf", "nms", "soft-nms", "nmw")

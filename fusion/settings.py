@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from core.io import atomic_open
-from ensemble.fusion import _check_options
-from ensemble.gate import check_gate_options
+from fusion.engine import _check_options
+from fusion.gate import check_gate_options
 
 INFO_KEYS = ("inputs", "metric", "score", "dataset", "gate", "created")
 _FLOATS = ("iou_thr", "skip_box_thr", "sigma", "soft_score_thr", "low", "high")
@@ -27,13 +27,13 @@ _STRINGS = ("method", "conf_type", "soft_method", "gate_mode")
 
 @dataclass(frozen=True)
 class FusionSettings:
-    """How to fuse: the options of `ensemble.fusion.fuse` and the gate's rule.
+    """How to fuse: the options of `fusion.engine.fuse` and the gate's rule.
 
     Attributes:
         method: ``wbf``, ``nms``, ``soft-nms`` or ``nmw``.
         weights: one positive weight per model, in the order of the inputs; None for all 1.
-        iou_thr, skip_box_thr, conf_type, sigma, soft_method, soft_score_thr: as `ensemble.fusion.fuse`.
-        gate_mode: ``append``, ``filter`` or ``rescale`` (`ensemble.gate`); None for no gate.
+        iou_thr, skip_box_thr, conf_type, sigma, soft_method, soft_score_thr: as `fusion.engine.fuse`.
+        gate_mode: ``append``, ``filter`` or ``rescale`` (`fusion.gate`); None for no gate.
         low, high: the ``filter`` thresholds on ``p_abnormal``; None otherwise.
     """
 
@@ -81,7 +81,7 @@ class FusionSettings:
         return self
 
     def fusion_options(self) -> dict[str, Any]:
-        """The keyword arguments of `ensemble.fusion.fuse_many`."""
+        """The keyword arguments of `fusion.engine.fuse_many`."""
         d = asdict(self)
         for k in ("gate_mode", "low", "high"):
             d.pop(k)
@@ -89,7 +89,7 @@ class FusionSettings:
         return d
 
     def gate_options(self) -> dict[str, Any] | None:
-        """``{mode, low, high}`` for `ensemble.gate.apply_gate`, or None without a gate."""
+        """``{mode, low, high}`` for `fusion.gate.apply_gate`, or None without a gate."""
         if self.gate_mode is None:
             return None
         return {"mode": self.gate_mode, "low": self.low, "high": self.high}

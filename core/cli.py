@@ -1,0 +1,91 @@
+"""What every ``python -m PACKAGE`` entry point shares: flags, logging, and one way to fail.
+
+Each package's ``__main__.py`` builds an `argparse` parser, calls `add_common_flags`, and hands
+its dispatch function to `run_cli`:
+
+- a user error (`core.errors.UserError`, ``ValueError``, ``OSError``) ends in exit code 2 and one
+  line ``error: MESSAGE`` on stderr; ``--debug`` shows the traceback instead;
+- Ctrl-C ends in exit code 130 and ``interrupted``;
+- library code logs with `logging` (``logging.getLogger(__name__)``); `run_cli` decides what is
+  shown: warnings by default, INFO with ``-v``, DEBUG with ``-vv``; ``-q`` shows errors only.
+  Progress bars (`progress`) show on a terminal only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: exceptions that mean "the user must fix something": exit 2 with one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+_PACKAGES = ("core", "fusion", "convert", "adapters", "ensemble", "eval", "pipeline")
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``-v``/``--verbose`` (repeatable), ``-q``/``--quiet`` and ``--debug`` to ``parser``."""
+    g = parser.add_argument_group("output")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)")
+    g.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Send CXRFuse's log records to stderr: WARNING by default, INFO with -v, DEBUG with -vv."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in _PACKAGES:
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.setLevel(level)
+        log.propagate = False
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a ``KeyError``'s quotes removed)."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text or type(error).__name__
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    dispatch: Callable[[argparse.Namespace], int | None],
+    argv: list[str] | None = None,
+) -> int:
+    """Parse ``argv``, set up logging, call ``dispatch(args)`` and turn its errors into exit codes.
+
+    Returns:
+        ``dispatch``'s return value (0 for None), 2 for a user error, 130 for Ctrl-C. Argument errors
+        exit 2 through argparse itself.
+    """
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    debug = getattr(args, "debug", False)
+    try:
+        rc = dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0 if rc is None else int(rc)
+
+
+def progress(iterable: Iterable | None = None, **kw: Any):
+    """A ``tqdm`` bar on stderr, shown only on a terminal (``disable=None``), cleared when done."""
+    from tqdm import tqdm
+
+    kw.setdefault("leave", False)
+    return tqdm(iterable, disable=None, **kw)
