@@ -6,9 +6,15 @@
 
 train writes into the config's out_dir (a run directory): weights, the resolved
 config (config.yaml), the dataset's categories (categories.json) and the per-step
-loss log (loss.csv). predict writes COCO results in absolute pixels of the
-dataset's images plus a NAME.meta.json sidecar; for a gate it writes
-[{image_id, p_abnormal}] instead.
+loss log (loss.csv); started from weights:, it prints and records (weights_report.json)
+how many tensors were loaded, skipped and left as initialised. Weight files are read
+without running code: one that pickles Python objects (Ultralytics' own .pt) is
+refused unless --trust-weights (config: trust_weights: true). predict writes COCO
+results in absolute pixels of the dataset's images plus a NAME.meta.json sidecar
+(--tta hflip: also the flipped images, fused with WBF; recorded in the sidecar);
+for a gate it writes [{image_id, p_abnormal}] instead. Each verb is the library function of the same
+name (adapters.train, adapters.predict). A bad config, checkpoint or input ends in
+exit code 2 and one line "error: ..." (--debug: the traceback); -v shows progress.
 """
 
 from __future__ import annotations
@@ -18,10 +24,21 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from core.cli import add_common_flags, run_cli
 
 
-def _parser() -> argparse.ArgumentParser:
+def _trust_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--trust-weights",
+        action="store_true",
+        help=f"load {what} even if the file pickles Python objects (Ultralytics' own .pt files do): "
+        "a full unpickle runs any code in the file, so only for files you trust "
+        "(config: trust_weights: true). Without it such files are refused; tensors and plain data "
+        "always load",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m adapters", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -39,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--dataset", type=Path, help="training COCO json (default: the config's dataset.train)")
     t.add_argument("--out-dir", type=Path, help="run directory (default: the config's out_dir)")
+    _trust_flag(t, "the start weights (the config's weights:)")
 
     p = sub.add_parser(
         "predict", help="predict a COCO dataset's images; writes COCO results + NAME.meta.json"
@@ -56,91 +74,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cam-dir", type=Path, help="gate only: folder of the Grad-CAM PNGs (default: OUT's stem + _cam)"
     )
-    return ap
+    p.add_argument(
+        "--tta",
+        nargs="+",
+        choices=("hflip",),
+        metavar="MODE",
+        help="detector only: test-time augmentation, hflip = also predict the horizontally flipped image "
+        "and fuse both passes with WBF (default: the config's predict.tta)",
+    )
+    _trust_flag(p, "--weights")
+    return add_common_flags(ap)  # run_cli gives -v/-q/--debug to each verb too
 
 
-def _train(args) -> int:
-    from adapters import build
-    from adapters.config import load_config
-    from core.coco import CocoDataset
-    from core.io import atomic_open, write_json
+def _dispatch(args: argparse.Namespace) -> int:
+    import adapters
+    from adapters.api import default_cam_dir
+    from adapters.weights import WEIGHTS_REPORT
+    from core.io import read_json
+    from core.predictions import read_meta
 
-    cfg = load_config(args.config, args.set)
-    train_json = args.dataset or cfg.dataset.get("train")
-    if not train_json:
-        raise ValueError(f"{args.config}: no training set: set dataset.train or pass --dataset")
-    dataset = CocoDataset.load(train_json)
-    model = build(cfg)  # a bad model config fails here, before the run directory is touched
-    out_dir = Path(args.out_dir or cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = cfg.to_dict()
-    resolved["dataset"] = {**cfg.dataset, "train": str(Path(train_json).resolve())}
-    with atomic_open(out_dir / "config.yaml") as f:
-        yaml.safe_dump(resolved, f, sort_keys=False)
-    write_json(out_dir / "categories.json", dataset.categories, indent=1)
-    print(f"training {cfg.name} ({cfg.adapter}) on {train_json}: {len(dataset.images)} images → {out_dir}")
     t0 = time.perf_counter()
-    weights = model.train(dataset, out_dir)
-    print(f"done in {time.perf_counter() - t0:.0f} s: weights {weights}, losses {out_dir / 'loss.csv'}")
-    return 0
-
-
-def _predict(args) -> int:
-    from tqdm import tqdm
-
-    from adapters import build
-    from adapters.config import load_config
-    from core.coco import CocoDataset
-    from core.predictions import write_gate, write_predictions
-
-    cfg = load_config(args.config, args.set)
-    dataset = CocoDataset.load(args.dataset)
-    model = build(cfg, args.weights)
-    model.check_categories(dataset)
-    ids = dataset.image_ids
-    paths = [dataset.image_path(i) for i in ids]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} image(s) of {args.dataset} not found, e.g. {missing[0]}")
-    bs = args.batch_size or cfg.predict.batch_size
-    meta = {
-        "name": args.name or cfg.name,
-        "adapter": cfg.adapter,
-        "model": cfg.model,
-        "config": str(args.config),
-        "weights": str(args.weights),
-        "dataset": str(args.dataset),
-        "images": len(ids),
-        "device": cfg.device,
-    }
-    t0 = time.perf_counter()
-    outputs = list(tqdm(model.predict(paths, bs), total=len(ids), desc=f"predict {cfg.name}", unit="img"))
-    dt = time.perf_counter() - t0
-    meta.update(seconds=round(dt, 3), images_per_second=round(len(ids) / dt, 3) if dt > 0 else None)
-    if getattr(model, "kind", "detector") == "gate":
-        write_gate(args.out, dict(zip(ids, outputs, strict=True)), meta)
-        if args.cam:
-            cam_dir = args.cam_dir or args.out.with_name(f"{args.out.stem}_cam")
-            written = model.grad_cam(dataset, args.cam, cam_dir)
-            print(f"Grad-CAM overlays: {len(written)} in {cam_dir}")
-    else:
-        if args.cam:
-            raise ValueError("--cam is for a gate (resnet_gate) config")
-        write_predictions(args.out, dict(zip(ids, outputs, strict=True)), meta)
-    print(f"wrote {args.out} ({len(ids)} images, {len(ids) / dt:.2f} img/s)")
+    if args.cmd == "train":
+        weights = adapters.train(
+            args.config, args.dataset, args.out_dir, args.set, trust_weights=args.trust_weights
+        )
+        print(f"wrote {weights} in {time.perf_counter() - t0:.0f} s (losses {weights.parent / 'loss.csv'})")
+        report = weights.parent / WEIGHTS_REPORT
+        if report.is_file():
+            r = read_json(report)
+            print(
+                f"started from {r['weights']}: {r['loaded']} tensors loaded, {r['skipped']} skipped, "
+                f"{r['new']} left as initialised ({report})"
+            )
+        return 0
+    cam_dir = args.cam_dir or default_cam_dir(args.out)
+    out = adapters.predict(
+        args.config, args.weights, args.dataset, args.out,
+        name=args.name, batch_size=args.batch_size, overrides=args.set, cam=args.cam or (), cam_dir=cam_dir,
+        trust_weights=args.trust_weights, tta=args.tta,
+    )  # fmt: skip
+    meta = read_meta(out)
+    print(f"wrote {out} ({meta['images']} images, {meta.get('images_per_second') or 0:.2f} img/s)")
+    if args.cam:
+        print(f"Grad-CAM overlays: {len(args.cam)} in {cam_dir}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from adapters.base import AdapterError
-    from adapters.config import ConfigError
-
-    try:
-        return _train(args) if args.cmd == "train" else _predict(args)
-    except (ConfigError, AdapterError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Run ``python -m adapters`` with ``argv``; return the exit code (2: a user error, one line)."""
+    return run_cli(build_parser(), _dispatch, argv)
 
 
 if __name__ == "__main__":

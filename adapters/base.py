@@ -1,4 +1,7 @@
-"""What every adapter shares: the `Detector` interface, category maps, devices, loss logs, checkpoints.
+"""What every adapter shares: the `Detector` and `Classifier` interfaces, `AdapterError`, category
+maps, devices, loss logs, and `DetectorAdapter` (config, weights, class check).
+
+Weight files are read and written by `adapters.weights` (never running code unless trusted).
 
 Nothing here imports a training framework; torch is imported inside the functions that need it.
 """
@@ -6,6 +9,7 @@ Nothing here imports a training framework; torch is imported inside the function
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,13 +18,20 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from adapters.errors import AdapterError
+from adapters.weights import load_weights
 from core.coco import CocoDataset
 from core.detections import Detections
+
+logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
 class Detector(Protocol):
-    """One model of one framework behind the common interface (DESIGN.md)."""
+    """One detection model of one framework behind the common interface.
+
+    `adapters.api.predict` writes its output as COCO results (`core.predictions.write_predictions`).
+    """
 
     name: str
 
@@ -32,9 +43,45 @@ class Detector(Protocol):
         """Boxes in absolute pixels of each given image, labels as dataset category ids."""
         ...
 
+    def check_categories(self, dataset: CocoDataset) -> None:
+        """Raise `AdapterError` unless the weights were trained for ``dataset``'s categories."""
+        ...
 
-class AdapterError(RuntimeError):
-    """A clear, user-facing failure of an adapter (bad checkpoint, class mismatch, missing file)."""
+    def start_weights(self) -> Any:
+        """Read the config's start weights once (None if none); raise `AdapterError` if refused."""
+        ...
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """A whole-image normal-vs-abnormal classifier (a gate) behind the common interface.
+
+    `adapters.api.predict` writes its output as a gate file (`core.predictions.write_gate`).
+    A classifier has ``grad_cam``, which a `Detector` lacks: check ``isinstance(model,
+    Classifier)`` first, since a classifier's ``train``/``predict`` also fit `Detector`'s shape.
+    """
+
+    name: str
+
+    def train(self, dataset: CocoDataset, out_dir: Path) -> Path:
+        """Train on ``dataset`` (abnormal = has annotations); return the weights."""
+        ...
+
+    def predict(self, images: Iterable[Path | np.ndarray], batch_size: int) -> Iterator[float]:
+        """``p_abnormal`` in [0, 1] per image, in order."""
+        ...
+
+    def check_categories(self, dataset: CocoDataset) -> None:
+        """Raise `AdapterError` unless the weights can score ``dataset``'s images."""
+        ...
+
+    def start_weights(self) -> Any:
+        """Read the config's start weights once (None if none); raise `AdapterError` if refused."""
+        ...
+
+    def grad_cam(self, dataset: CocoDataset, image_ids: Sequence[int], out_dir: Path) -> list[Path]:
+        """Write a heat-map overlay per image into ``out_dir``; return the files."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,42 +144,14 @@ def resolve_device(device: str | int) -> str:
     return device
 
 
-def load_torch_file(path: str | Path) -> Any:
-    """Load a local checkpoint the frameworks wrote (full pickles, so ``weights_only=False``).
-
-    torch >= 2.6 defaults to ``weights_only=True``, which refuses the frameworks' own
-    checkpoints; only pass files you trust.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterError(f"{path}: weights file not found (nothing is downloaded: pass a local file)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a damaged or foreign file
-        raise AdapterError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-
-
-def save_torch_file(path: Path, obj: Any) -> Path:
-    """``torch.save`` under a temporary name, renamed onto ``path`` only once complete."""
-    import torch
-
-    from core.io import atomic_open
-
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
-    return Path(path)
-
-
+#: the config key and CLI flag that allow a full unpickle (named in refusals)
 class DetectorAdapter:
     """What the detector adapters share: the config, the weights to predict from, the class map.
 
     A subclass implements ``train``, ``predict`` and ``_load`` (which reads ``self.weights`` and
-    sets ``self.categories`` from the checkpoint).
+    sets ``self.categories`` from the checkpoint). Every file is read with `load_weights`, so a
+    file that pickles Python objects is refused unless the config says ``trust_weights``.
     """
-
-    kind = "detector"
 
     def __init__(self, cfg: Any, weights: str | Path | None = None) -> None:
         self.cfg = cfg
@@ -140,12 +159,32 @@ class DetectorAdapter:
         self.weights = Path(weights) if weights else None
         self.categories: CategoryMap | None = None
         self._model: Any = None
+        self._start: Any = None
+
+    @property
+    def trust(self) -> bool:
+        """Whether the config allows a full unpickle of weight files (``trust_weights``)."""
+        return bool(getattr(self.cfg, "trust_weights", False))
 
     def _checkpoint(self) -> Any:
         """The checkpoint at ``self.weights`` (an `AdapterError` if none was given)."""
         if self.weights is None:
             raise AdapterError(f"{self.name}: predict needs weights (--weights)")
-        return load_torch_file(self.weights)
+        return load_weights(self.weights, self.trust)
+
+    def start_weights(self) -> Any:
+        """The contents of the config's ``weights`` to train from (read once), or None if it names none.
+
+        `adapters.api.train` calls it before writing anything, so a refused or unreadable file
+        leaves the run directory alone.
+
+        Raises:
+            AdapterError: no such file, not a readable checkpoint, or (`PickledObjectsError`) a
+                file that pickles Python objects while ``trust_weights`` is false.
+        """
+        if self.cfg.weights and self._start is None:
+            self._start = load_weights(self.cfg.weights, self.trust)
+        return self._start
 
     def _load(self) -> Any:
         raise NotImplementedError
@@ -206,6 +245,18 @@ class LossLog:
             self._file = None
             self._tmp.replace(self.path)
         return self.path
+
+
+def training_image_count(dataset: CocoDataset, empty_images: str) -> int:
+    """How many images of ``dataset`` a framework trains on under ``schedule.empty_images``.
+
+    ``keep``: every image (those without a box are background); ``drop``: the images with a box.
+    The adapters size epochs with it; each framework applies the setting itself (the adapters'
+    ``training_images`` report what its own dataset then holds).
+    """
+    if empty_images == "drop":
+        return sum(1 for i in dataset.image_ids if dataset.annotations_of(i))
+    return len(dataset.images)
 
 
 def read_image_bgr(image: Path | np.ndarray) -> np.ndarray:

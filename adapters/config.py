@@ -8,17 +8,32 @@ image size, the schedule, the device and optional local weights::
     model: yolov8n.yaml               # the framework's native model (see below)
     dataset: {train: work/coco/train.json, val: work/coco/val.json}
     image_size: 1024                  # longest side fed to the network
-    schedule: {epochs: 50, batch_size: 8, lr: 0.01, workers: 2}
+    schedule: {epochs: 50, batch_size: 8, lr: 0.01, workers: 2, empty_images: keep}
     device: auto                      # auto | cpu | cuda | cuda:0 | 0,1 ...
     weights: null                     # local file to start from (nothing is downloaded)
+    trust_weights: false              # allow a full unpickle of weight files (runs code in them)
     out_dir: runs/yolov8n
-    predict: {score_thr: 0.001, nms_iou: 0.5, max_dets: 300, batch_size: 4}
+    predict: {score_thr: 0.001, nms_iou: 0.5, max_dets: 300, batch_size: 4, tta: [], tta_iou: 0.55}
     options: {}                       # passed to the framework as they are
 
 ``model`` is an Ultralytics model YAML (built in, e.g. ``yolov8n.yaml``, or a path),
 a Detectron2 YAML (a path, relative to the config file or the repository) or an
 MMDetection Python config (likewise). Relative paths in ``dataset``, ``weights``
 and ``out_dir`` are relative to the current directory.
+
+``trust_weights`` (``--trust-weights`` on the command line) is for weight files that pickle
+Python objects, such as Ultralytics' own ``.pt`` files: loading one means a full unpickle, which
+runs whatever code the file holds, so CXRFuse refuses them unless this is true. Tensors, numpy
+arrays and plain data (every checkpoint CXRFuse writes, Detectron2 ``.pkl``/``.pth``,
+MMDetection ``.pth``, torchvision state dicts) load without it.
+
+``schedule.empty_images`` says what every framework does with training images that have no box
+(VinBigData's many normal images): ``keep`` (the default) trains on them as background, ``drop``
+leaves them out; the resolved ``config.yaml`` of each run records it.
+
+``predict.tta: [hflip]`` adds horizontal-flip test-time augmentation to any detector
+(`adapters.tta`): the flipped image is predicted too, its boxes flipped back and fused with the
+plain pass by WBF at ``predict.tta_iou``.
 """
 
 from __future__ import annotations
@@ -30,10 +45,12 @@ from typing import Any
 
 import yaml
 
+from core.errors import UserError
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that does not validate; the message names the file and the key."""
 
 
@@ -49,12 +66,15 @@ _SCHEDULE: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "log_period": (int,),
     "checkpoint_period": (int,),
+    "empty_images": (str,),
 }
 _PREDICT: dict[str, tuple[type, ...]] = {
     "score_thr": (float, int),
     "nms_iou": (float, int),
     "max_dets": (int,),
     "batch_size": (int,),
+    "tta": (list,),
+    "tta_iou": (float, int),
 }
 _TOP: dict[str, tuple[type, ...]] = {
     "name": (str,),
@@ -65,11 +85,14 @@ _TOP: dict[str, tuple[type, ...]] = {
     "schedule": (dict,),
     "device": (str, int),
     "weights": (str, type(None)),
+    "trust_weights": (bool,),
     "out_dir": (str,),
     "predict": (dict,),
     "options": (dict,),
 }
 _REQUIRED = ("adapter", "model")
+#: ``schedule.empty_images``: train on images without boxes as background (``keep``) or leave them out.
+EMPTY_IMAGES: tuple[str, ...] = ("keep", "drop")
 
 
 @dataclass
@@ -85,6 +108,7 @@ class Schedule:
     seed: int = 0
     log_period: int = 20
     checkpoint_period: int = 0
+    empty_images: str = "keep"
 
 
 @dataclass
@@ -93,6 +117,8 @@ class PredictOptions:
     nms_iou: float = 0.5
     max_dets: int = 300
     batch_size: int = 4
+    tta: list[str] = field(default_factory=list)
+    tta_iou: float = 0.55
 
 
 @dataclass
@@ -107,6 +133,7 @@ class ModelConfig:
     schedule: Schedule = field(default_factory=Schedule)
     device: str = "auto"
     weights: str | None = None
+    trust_weights: bool = False
     out_dir: str = ""
     predict: PredictOptions = field(default_factory=PredictOptions)
     options: dict[str, Any] = field(default_factory=dict)
@@ -206,6 +233,16 @@ def parse_config(data: dict[str, Any], source: Path | None = None, overrides: li
         raise ConfigError(f"{where}: schedule.epochs / schedule.iterations must be >= 1")
     if not 0 <= pred.score_thr <= 1 or not 0 <= pred.nms_iou <= 1:
         raise ConfigError(f"{where}: predict.score_thr and predict.nms_iou must be in [0, 1]")
+    if sched.empty_images not in EMPTY_IMAGES:
+        raise ConfigError(
+            f"{where}: schedule.empty_images must be one of {', '.join(EMPTY_IMAGES)}, got {sched.empty_images!r}"
+        )
+    if not 0 <= pred.tta_iou <= 1:
+        raise ConfigError(f"{where}: predict.tta_iou must be in [0, 1], got {pred.tta_iou}")
+    from adapters.tta import TTA_MODES
+
+    if len(set(map(str, pred.tta))) != len(pred.tta) or not set(map(str, pred.tta)) <= set(TTA_MODES):
+        raise ConfigError(f"{where}: predict.tta must list each of {', '.join(TTA_MODES)} at most once, got {pred.tta}")
     return ModelConfig(
         name=name,
         adapter=data["adapter"],
@@ -215,6 +252,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None, overrides: li
         schedule=sched,
         device=str(data.get("device", "auto")),
         weights=data.get("weights"),
+        trust_weights=bool(data.get("trust_weights", False)),
         out_dir=data.get("out_dir") or f"runs/{name}",
         predict=pred,
         options=dict(data.get("options", {})),

@@ -20,6 +20,12 @@ VINBIG_CLASSES: dict[int, str] = {
 }
 VINBIG_NO_FINDING = 14
 VINBIG_NO_FINDING_NAME = "No finding"
+#: VinBigData's "No finding" (class 14) is not a detection category of our datasets (a normal image has
+#: no annotations); the metric, the gate and the submission add it as one whole-image row per image.
+NO_FINDING = VINBIG_NO_FINDING
+NO_FINDING_NAME = VINBIG_NO_FINDING_NAME
+#: the "No finding" row's box, ``xyxy`` absolute pixels (as the Kaggle submission's ``0 0 1 1``).
+NO_FINDING_BOX: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 RSNA_CLASSES: dict[int, str] = {0: "Lung Opacity"}
 

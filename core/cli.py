@@ -25,16 +25,35 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-_PACKAGES = ("core", "fusion", "convert", "adapters", "ensemble", "eval", "pipeline")
+_PACKAGES = ("core", "fusion", "convert", "adapters", "ensemble", "eval", "pipeline", "infer")
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``-v``/``--verbose`` (repeatable), ``-q``/``--quiet`` and ``--debug`` to ``parser``."""
+    """Add ``-v``/``--verbose`` (repeatable), ``-q``/``--quiet`` and ``--debug`` to ``parser``.
+
+    `run_cli` also gives them to every sub-command, so ``python -m X VERB ... --debug`` works too.
+    """
+    return _add_flags(parser, defaults=True)
+
+
+def _add_flags(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:
+    # on sub-commands the defaults are suppressed, so an absent flag keeps the top level's value
+    kw = {} if defaults else {"default": argparse.SUPPRESS}
     g = parser.add_argument_group("output")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)")
-    g.add_argument("-q", "--quiet", action="store_true", help="errors only")
-    g.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    g.add_argument("-v", "--verbose", action="count", help="more detail (-vv: debug)", **({"default": 0} | kw))
+    g.add_argument("-q", "--quiet", action="store_true", help="errors only", **kw)
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error", **kw)
     return parser
+
+
+def _share_flags(parser: argparse.ArgumentParser) -> None:
+    """Give the common flags to every sub-command of ``parser`` that lacks them."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if "--debug" not in sub._option_string_actions:
+                    _add_flags(sub, defaults=False)
+                _share_flags(sub)
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -67,6 +86,9 @@ def run_cli(
         ``dispatch``'s return value (0 for None), 2 for a user error, 130 for Ctrl-C. Argument errors
         exit 2 through argparse itself.
     """
+    if "--debug" not in parser._option_string_actions:
+        add_common_flags(parser)
+    _share_flags(parser)
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
     debug = getattr(args, "debug", False)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from fusion.engine import CONF_TYPES, METHODS, SOFT_METHODS
+from core.cli import add_common_flags, progress, run_cli
+from eval.scoring import METRICS
 from fusion.gate import GATE_MODES
-from ensemble.sweep import METRICS
+from fusion.settings import CONF_TYPES, METHODS, FusionSettings
 
 GATE_RULES = """The gate (a normal/abnormal classifier's [{image_id, p_abnormal}] file, --gate) adds VinBigData's
 "No finding" row (class 14, box 0 0 1 1, score P(normal) = 1 - p_abnormal) and may drop or
@@ -91,6 +93,23 @@ def _inputs_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    """One flag per `FusionSettings` field (``iou_thr`` → ``--iou-thr``), its help and choices from the field."""
+    defaults = FusionSettings()
+    for f in fields(FusionSettings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        default = getattr(defaults, f.name)
+        if default is not None:
+            help_text += f" (default {default})"
+        if f.name == "weights":
+            p.add_argument(flag, type=_floats, nargs="+", metavar="W", help=help_text)
+        elif f.metadata["choices"]:
+            p.add_argument(flag, choices=f.metadata["choices"], help=help_text)
+        else:
+            p.add_argument(flag, type=_float, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ensemble",
@@ -98,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
+    add_common_flags(parser)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser(
@@ -109,33 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     _inputs_args(p)
-    p.add_argument("--method", choices=METHODS, help="fusion method (default wbf)")
-    p.add_argument(
-        "--weights",
-        type=_floats,
-        nargs="+",
-        metavar="W",
-        help="one positive weight per --preds file, e.g. 2,1,1 or 2 1 1 (default all 1)",
-    )
-    p.add_argument(
-        "--iou-thr", type=_float, help="IoU in [0, 1] above which same-class boxes match (default 0.55)"
-    )
-    p.add_argument(
-        "--skip-box-thr", type=_float, help="boxes scoring below this are dropped before fusing (default 0)"
-    )
-    p.add_argument("--conf-type", choices=CONF_TYPES, help="WBF's fused score (default avg)")
-    p.add_argument("--sigma", type=_float, help="Soft-NMS gaussian sigma > 0 (default 0.5)")
-    p.add_argument("--soft-method", choices=SOFT_METHODS, help="Soft-NMS score decay (default gaussian)")
-    p.add_argument(
-        "--soft-score-thr",
-        type=_float,
-        help="Soft-NMS keeps boxes whose decayed score is above this (default 0.001)",
-    )
-    p.add_argument(
-        "--gate-mode", choices=GATE_MODES, help="how the gate meets the boxes (see above); needs --gate"
-    )
-    p.add_argument("--low", type=_float, help="filter: p_abnormal below this keeps only 'No finding'")
-    p.add_argument("--high", type=_float, help="filter: p_abnormal above this keeps boxes only")
+    _settings_args(p)
     p.add_argument(
         "--config", type=Path, help="settings YAML (a sweep's best.yaml); the flags above override it"
     )
@@ -160,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for results.csv, results.json, best.yaml")
     p.add_argument(
         "--metric",
-        choices=METRICS,
+        choices=tuple(METRICS),
         default="vinbig",
         help="vinbig: mAP@0.4 with 'No finding' (default); coco: mAP@0.5:0.95; rsna: the RSNA score",
     )
@@ -195,36 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress():
-    from tqdm import tqdm
-
-    def bar(*args, **kw):
-        return tqdm(*args, disable=None, leave=False, **kw)
-
-    return bar
-
-
 def _run(args: argparse.Namespace) -> None:
     from ensemble.run import run
-    from fusion.settings import FusionSettings, merge, read_settings
+    from fusion.settings import merge, read_settings
 
     base, info = (FusionSettings(), {}) if args.config is None else read_settings(args.config)
-    settings = merge(
-        base,
-        {
-            "method": args.method,
-            "weights": _flat(args.weights),
-            "iou_thr": args.iou_thr,
-            "skip_box_thr": args.skip_box_thr,
-            "conf_type": args.conf_type,
-            "sigma": args.sigma,
-            "soft_method": args.soft_method,
-            "soft_score_thr": args.soft_score_thr,
-            "gate_mode": args.gate_mode,
-            "low": args.low,
-            "high": args.high,
-        },
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(FusionSettings)}
+    given["weights"] = _flat(args.weights)
+    settings = merge(base, given)
     settings.validate(len(args.preds))
     if args.gate is not None and settings.gate_mode is None:
         raise ValueError("--gate needs --gate-mode append, filter or rescale")
@@ -244,7 +216,7 @@ def _run(args: argparse.Namespace) -> None:
         name=name,
         config=args.config,
         expect_names=expect,
-        progress=_progress(),
+        progress=progress,
     )
     from core.predictions import read_meta
 
@@ -256,8 +228,10 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from core.io import check_out_dir
     from ensemble.sweep import SweepGrid, sweep
 
+    check_out_dir(args.out)
     if args.gate is None:
         given = [
             f for f, v in (("--gate-modes", args.gate_modes), ("--low", args.low), ("--high", args.high)) if v
@@ -276,7 +250,7 @@ def _sweep(args: argparse.Namespace) -> None:
         highs=_flat(args.high) or SweepGrid.highs,
     )
     res = sweep(
-        args.preds, args.dataset, args.out, grid, metric=args.metric, gate=args.gate, progress=_progress()
+        args.preds, args.dataset, args.out, grid, metric=args.metric, gate=args.gate, progress=progress
     )
     print(f"{len(res.rows)} settings scored by {args.metric}; best {res.best_score:.4f}:")
     for r in res.rows[:5]:
@@ -289,17 +263,16 @@ def _sweep(args: argparse.Namespace) -> None:
     print(f"wrote {res.out}/results.csv, results.json and best.yaml")
 
 
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.verb == "run":
+        _run(args)
+    else:
+        _sweep(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.verb == "run":
-            _run(args)
-        else:
-            _sweep(args)
-    except (ValueError, OSError) as e:  # OSError: missing or unwritable files
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m ensemble``: exit 0, or 2 with one line naming the file or value at fault."""
+    return run_cli(build_parser(), _dispatch, argv)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def read_inputs(
         check_same_dataset(p, meta, ds)
         per_model.append(read_predictions(p, ds))
         names.append(str(meta.get("name", p.stem)))
-    gate_scores = None
+    p_abnormal = None
     if gate is not None:
         gate = Path(gate)
         if not gate.is_file():
@@ -94,14 +94,14 @@ def read_inputs(
                 f"{gate}: its sidecar {meta_path(gate)} says kind {meta.get('kind')!r}, not 'gate'"
             )
         check_same_dataset(gate, meta, ds)
-        gate_scores = read_gate(gate, ds)
-        missing = sorted(set(ds.image_ids) - set(gate_scores))
+        p_abnormal = read_gate(gate, ds)
+        missing = sorted(set(ds.image_ids) - set(p_abnormal))
         if missing:
             raise ValueError(
                 f"{gate}: no p_abnormal for {len(missing)} of {len(ds.image_ids)} images of {ds.path}, "
                 f"e.g. image ids {missing[:10]}"
             )
-    return Inputs(ds, paths, tuple(names), tuple(per_model), gate_scores, gate)
+    return Inputs(ds, paths, tuple(names), tuple(per_model), p_abnormal, gate)
 
 
 def check_same_dataset(path: Path, meta: dict[str, Any], dataset: CocoDataset) -> None:

@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import run_cli
+from eval.scoring import METRICS
+
 EPILOG = """examples:
   python -m eval leaderboard --dataset data/vinbig/val.json --preds 'preds/*.json'
   python -m eval leaderboard --dataset data/vinbig/val.json --preds preds/*.json --gate preds/gate.json \\
@@ -47,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metric",
-        choices=("vinbig", "coco", "rsna"),
+        choices=tuple(METRICS),
         default="vinbig",
         help="headline metric: vinbig = mAP@0.4 with No finding (default), coco = mAP@[.5:.95], rsna",
     )
@@ -71,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="lowest box score in the confusion matrices and examples (default 0.25)",
     )
     p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="resamples of the images for each score's 95%% confidence interval (default 1000; 0 = none)",
+    )
+    p.add_argument(
         "--note",
         action="append",
         default=[],
@@ -80,41 +90,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        if args.verb == "leaderboard":
-            from eval.leaderboard import leaderboard
+def leaderboard(args: argparse.Namespace) -> None:
+    """The ``leaderboard`` verb: `eval.leaderboard.leaderboard`, then the table and what was written."""
+    from eval.leaderboard import leaderboard as make_leaderboard
 
-            res = leaderboard(
-                args.dataset,
-                args.preds,
-                metric=args.metric,
-                gate=args.gate,
-                out=args.out,
-                html=args.html,
-                runs=args.runs,
-                examples=args.examples,
-                score_thr=args.conf,
-                notes=args.note,
-            )
-            print(res.board.to_text())
-            for g in res.board.gates:
-                auc = "n/a" if math.isnan(g.roc.auc) else f"{g.roc.auc:.4f}"
-                print(
-                    f"gate {g.name}: AUC {auc}" + (" (applied to rows without class 14)" if g.applied else "")
-                )
-            if res.files:
-                where = sorted({str(p.parent) for p in res.files})
-                print(f"wrote {len(res.files)} files to {', '.join(where)}")
-            if res.html is not None:
-                print(f"report: {res.html}")
-            print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    t0 = time.perf_counter()
+    res = make_leaderboard(
+        args.dataset,
+        args.preds,
+        metric=args.metric,
+        gate=args.gate,
+        out=args.out,
+        html=args.html,
+        runs=args.runs,
+        examples=args.examples,
+        score_thr=args.conf,
+        notes=args.note,
+        bootstrap=args.bootstrap,
+    )
+    print(res.board.to_text())
+    for g in res.board.gates:
+        auc = "n/a" if math.isnan(g.roc.auc) else f"{g.roc.auc:.4f}"
+        print(f"gate {g.name}: AUC {auc}" + (" (applied to rows without class 14)" if g.applied else ""))
+    if res.files:
+        where = sorted({str(p.parent) for p in res.files})
+        print(f"wrote {len(res.files)} files to {', '.join(where)}")
+    if res.html is not None:
+        print(f"report: {res.html}")
+    if args.examples == 0 and (args.out is not None or args.html is not None):
+        print("examples: none drawn (--examples 0)")
+    print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+VERBS = {"leaderboard": leaderboard}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m eval``: exit 0, or 2 with one line naming the file or value at fault."""
+    return run_cli(build_parser(), lambda args: VERBS[args.verb](args), argv)
 
 
 if __name__ == "__main__":

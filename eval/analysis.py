@@ -21,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.boxes import box_iou
 from core.coco import CocoDataset
 from core.detections import Detections
+from core.roc import roc_auc, roc_curve
 
 #: Label of the extra row/column of a detection confusion matrix.
 BACKGROUND = "background"
@@ -52,24 +54,6 @@ class ConfusionMatrix:
             used[-1] = True
         idx = np.flatnonzero(used)
         return ConfusionMatrix(tuple(self.labels[k] for k in idx), self.counts[np.ix_(idx, idx)])
-
-
-def iou_xyxy_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` with every box of ``b``: ``(N, 4)``, ``(M, 4)`` xyxy pixels → ``(N, M)``.
-
-    Areas are ``(x2 - x1) * (y2 - y1)`` (no ``+1``); 0 where boxes do not overlap.
-    """
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
 
 
 def detection_confusion(
@@ -123,7 +107,7 @@ def detection_confusion(
         g_used = np.zeros(len(gt), bool)
         d_used = np.zeros(len(det), bool)
         if len(gt) and len(det):
-            iou = iou_xyxy_matrix(gt.boxes, det.boxes)
+            iou = box_iou(gt.boxes, det.boxes)
             gi, di = np.nonzero(iou >= iou_thr)
             order = np.lexsort((-det.scores[di], -iou[gi, di]))
             for g, d in zip(gi[order].tolist(), di[order].tolist(), strict=True):
@@ -178,16 +162,9 @@ def gate_roc(dataset: CocoDataset, p_abnormal: Mapping[int, float]) -> RocCurve:
         ValueError: if the scores name images absent from ``dataset``.
     """
     abnormal, scores = _gate_arrays(dataset, p_abnormal)
-    n_pos, n_neg = int(abnormal.sum()), int((~abnormal).sum())
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], abnormal[order]
-    last = np.r_[s[1:] != s[:-1], True] if len(s) else np.zeros(0, bool)  # end of each tie group
-    tp = np.cumsum(y)[last].astype(np.float64)
-    fp = np.cumsum(~y)[last].astype(np.float64)
-    tpr = np.r_[0.0, tp / n_pos] if n_pos else np.r_[0.0, np.full(len(tp), np.nan)]
-    fpr = np.r_[0.0, fp / n_neg] if n_neg else np.r_[0.0, np.full(len(fp), np.nan)]
-    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) if n_pos and n_neg else math.nan
-    return RocCurve(fpr, tpr, np.r_[np.inf, s[last]], auc, n_neg, n_pos)
+    fpr, tpr, thresholds = roc_curve(abnormal, scores, drop_intermediate=False)
+    n_pos = int(abnormal.sum())
+    return RocCurve(fpr, tpr, thresholds, roc_auc(abnormal, scores), len(abnormal) - n_pos, n_pos)
 
 
 def gate_confusion(
@@ -273,7 +250,7 @@ def read_loss_log(run_dir: str | Path) -> LossLog:
         raise FileNotFoundError(f"{run_dir}: no such run directory")
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no loss.csv in this run directory")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if not rows:
         raise ValueError(f"{path}: empty file (expected a header {','.join(LOSS_COLUMNS)},...)")

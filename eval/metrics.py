@@ -10,11 +10,11 @@ image is an image with no annotations), so `vinbig_map` adds it:
 
 - ground truth: one box ``[0, 0, 1, 1]`` (``xywh`` = ``xyxy`` here) of class 14
   on every dataset image without annotations;
-- predictions: the results rows with ``category_id`` 14 if there is any
-  (their boxes as given; a submission writes ``14 p 0 0 1 1``), otherwise, if
-  ``gate_scores`` is given, one box ``[0, 0, 1, 1]`` of class 14 per image in it
-  with score ``P(normal)`` (``1 - p_abnormal`` of the gate). Images absent from
-  ``gate_scores`` get no "No finding" prediction.
+- predictions: the results rows with ``category_id`` 14, as given (a gated
+  fusion writes one ``[0, 0, 1, 1]`` row per image scored P(normal), and
+  `fusion.gate.with_no_finding` adds such a row from a gate score; a
+  submission writes ``14 p 0 0 1 1``). Results without class-14 rows score AP 0
+  for "No finding" on a dataset with normal images.
 
 Every rule of `eval.coco_map` applies (greedy matching, 101-point
 interpolation, classes without ground truth left out of the mean), with no
@@ -28,17 +28,16 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from core.classes import NO_FINDING
 from core.detections import Detections
 from eval.coco_map import (
     COCO_IOU_THRESHOLDS,
     RECALL_THRESHOLDS,
-    DetTable,
     GtTable,
     MapResult,
     PrCurve,
     coco_map,
     evaluate_tables,
-    lookup_ids,
     parse_gt,
     parse_results,
 )
@@ -54,18 +53,16 @@ __all__ = [
     "coco_map",
     "rsna_per_image",
     "rsna_score",
+    "vinbig_gt_table",
     "vinbig_map",
 ]
 
-#: VinBigData's class id of "No finding".
-NO_FINDING = 14
 _WHOLE = np.array([0.0, 0.0, 1.0, 1.0])
 
 
 def vinbig_map(
     gt: Mapping,
     results: Sequence[Mapping] | Mapping[int, Detections],
-    gate_scores: Mapping[int, float] | None = None,
     iou_thr: float = 0.4,
     max_dets: int | None = None,
 ) -> MapResult:
@@ -76,8 +73,6 @@ def vinbig_map(
             images have no annotations). Not modified.
         results: COCO results list or ``{image_id: Detections}``; may hold
             class-14 rows. Not modified.
-        gate_scores: ``{image_id: P(normal)}`` in ``[0, 1]``, used only when
-            ``results`` has no class-14 row.
         iou_thr: the IoU threshold (the competition's is 0.4).
         max_dets: cap per (image, category) as `coco_map`; None keeps all.
 
@@ -86,9 +81,20 @@ def vinbig_map(
         dataset has a normal image.
 
     Raises:
-        ValueError: if a dataset annotation has category 14, ``gate_scores``
-            names images absent from the dataset or holds values outside
-            ``[0, 1]``, or as `eval.coco_map.coco_map` (unknown ids, malformed entries).
+        ValueError: if a dataset annotation has category 14, or as
+            `eval.coco_map.coco_map` (unknown ids, malformed entries).
+    """
+    if not math.isfinite(iou_thr):
+        raise ValueError(f"iou_thr must be finite, got {iou_thr}")
+    table = vinbig_gt_table(gt)
+    return evaluate_tables(table, parse_results(results, table), (float(iou_thr),), max_dets)
+
+
+def vinbig_gt_table(gt: Mapping) -> GtTable:
+    """The VinBigData metric's ground truth: the dataset's boxes plus a "No finding" box on every normal image.
+
+    Raises:
+        ValueError: if a dataset annotation has category 14 (a normal image must have none).
     """
     table = parse_gt(gt, extra_category_ids=(NO_FINDING,))
     k14 = int(np.searchsorted(table.category_ids, NO_FINDING))
@@ -106,25 +112,4 @@ def vinbig_map(
         np.concatenate([table.category, np.full(len(normal), k14, np.int64)]),
         np.concatenate([table.boxes, np.tile(_WHOLE, (len(normal), 1))]),
     )
-    dt = parse_results(results, table)
-    if gate_scores is not None and not (dt.category == k14).any():
-        ids = np.fromiter((int(i) for i in gate_scores), np.int64, count=len(gate_scores))
-        p = np.fromiter((float(v) for v in gate_scores.values()), np.float64, count=len(gate_scores))
-        bad = ~np.isfinite(p) | (p < 0) | (p > 1)
-        if bad.any():
-            raise ValueError(f"gate_scores must be P(normal) in [0, 1]; images {_ids(ids[bad])} are not")
-        idx = lookup_ids(table.image_ids, ids, "image ids", "gate_scores")
-        dt = DetTable(
-            np.concatenate([dt.image, idx]),
-            np.concatenate([dt.category, np.full(len(ids), k14, np.int64)]),
-            np.concatenate([dt.boxes, np.tile(_WHOLE, (len(ids), 1))]),
-            np.concatenate([dt.scores, p]),
-        )
-    if not math.isfinite(iou_thr):
-        raise ValueError(f"iou_thr must be finite, got {iou_thr}")
-    return evaluate_tables(table, dt, (float(iou_thr),), max_dets)
-
-
-def _ids(ids: np.ndarray, n: int = 5) -> str:
-    vals = ids.tolist()
-    return f"{vals[:n]}" + (f" and {len(vals) - n} more" if len(vals) > n else "")
+    return table

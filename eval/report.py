@@ -30,7 +30,7 @@ from core.detections import Detections
 from core.io import atomic_open, read_image_gray
 from eval import plots
 from eval.analysis import LossLog, detection_confusion, example_images
-from eval.leaderboard import GATE_COLUMNS, Leaderboard, gate_cells, mean_interpolated, slug
+from eval.board import GATE_COLUMNS, Leaderboard, gate_cells, mean_interpolated, slug
 
 SECTIONS = (
     "Per-class AP bars",
@@ -229,6 +229,12 @@ def render_html(
     parts.append(f"<nav>{''.join(nav)}</nav>")
     parts.append('<h2 id="table">Leaderboard</h2>')
     parts.append(_table("leaderboard", board.columns(), rows, ["best" if r.best else "" for r in board.rows]))
+    if board.has_ci:
+        parts.append(
+            '<p class="note" id="ci-note">95% CI: the 2.5% and 97.5% quantiles of the score over bootstrap '
+            "resamples of the images (the same resamples for every row); two rows whose intervals "
+            "overlap may still differ, which the paired bootstrap of the findings decides.</p>"
+        )
     if metric.key == "vinbig":
         parts.append(
             '<p class="note">"No finding" (class 14): <i>predicted</i> = the file has class-14 rows; '

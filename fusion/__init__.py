@@ -4,7 +4,7 @@ boxes with a classifier's P(abnormal) (`apply_gate`), and the settings that say 
 (`FusionSettings`). Imports only `core`.
 """
 
-from fusion.engine import CONF_TYPES, METHODS, SOFT_METHODS, fuse, fuse_many
+from fusion.engine import CONF_TYPES, METHODS, SOFT_METHODS, fuse, fuse_many, fuse_with
 from fusion.gate import GATE_MODES, apply_gate, strip_no_finding
 from fusion.settings import FusionSettings
 
@@ -17,5 +17,6 @@ __all__ = [
     "apply_gate",
     "fuse",
     "fuse_many",
+    "fuse_with",
     "strip_no_finding",
 ]

@@ -30,14 +30,11 @@ from typing import Literal
 
 import numpy as np
 
-from core.classes import VINBIG_NO_FINDING
+from core.classes import NO_FINDING, NO_FINDING_BOX
 from core.detections import Detections
 
 GateMode = Literal["append", "filter", "rescale"]
 GATE_MODES: tuple[str, ...] = ("append", "filter", "rescale")
-NO_FINDING = VINBIG_NO_FINDING
-#: the "No finding" row's box, ``xyxy`` absolute pixels (as the Kaggle submission's ``0 0 1 1``).
-NO_FINDING_BOX: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 
 def check_gate_options(mode: str, low: float | None = None, high: float | None = None) -> None:
@@ -105,14 +102,14 @@ def apply_gate(
                 "gate detections that have not been gated"
             )
         if mode == "append":
-            out[image_id] = _with_no_finding(d, 1.0 - p)
+            out[image_id] = with_no_finding(d, p)
         elif mode == "rescale":
             scaled = Detections(d.boxes, d.scores * np.float32(p), d.labels)
-            out[image_id] = _with_no_finding(scaled, 1.0 - p)
+            out[image_id] = with_no_finding(scaled, p)
         elif p < low:  # type: ignore[operator]
-            out[image_id] = _with_no_finding(Detections.empty(), 1.0)
+            out[image_id] = _add_no_finding_row(Detections.empty(), 1.0)
         elif p <= high:  # type: ignore[operator]
-            out[image_id] = _with_no_finding(d, 1.0 - p)
+            out[image_id] = with_no_finding(d, p)
         else:
             out[image_id] = d
     return out
@@ -126,7 +123,27 @@ def strip_no_finding(dets: Mapping[int, Detections]) -> dict[int, Detections]:
     }
 
 
-def _with_no_finding(d: Detections, p_normal: float) -> Detections:
+def has_no_finding(d: Detections) -> bool:
+    """Whether ``d`` holds a "No finding" row (gated, or predicted by a model)."""
+    return bool((d.labels == NO_FINDING).any())
+
+
+def with_no_finding(d: Detections, p_abnormal: float) -> Detections:
+    """The one "No finding" rule: ``d`` plus the row ``NO_FINDING_BOX`` scored P(normal) = ``1 - p_abnormal``.
+
+    Every place that turns a gate score into "No finding" calls this: the gate modes here, the
+    leaderboard's ``--gate`` for rows without class 14, and the Kaggle submission.
+
+    Raises:
+        ValueError: if ``p_abnormal`` is not in ``[0, 1]``.
+    """
+    p = float(p_abnormal)
+    if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ValueError(f"p_abnormal must be in [0, 1], got {p_abnormal!r}")
+    return _add_no_finding_row(d, 1.0 - p)
+
+
+def _add_no_finding_row(d: Detections, p_normal: float) -> Detections:
     """``d`` plus one "No finding" row of score ``p_normal``, sorted by descending score (stable)."""
     boxes = np.concatenate([d.boxes, np.array([NO_FINDING_BOX], np.float32)])
     scores = np.concatenate([d.scores, np.array([p_normal], np.float32)])

@@ -12,22 +12,36 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.io import atomic_open
-from fusion.engine import _check_options
-from fusion.gate import check_gate_options
+from fusion.gate import GATE_MODES, check_gate_options
+
+METHODS = ("wbf", "nms", "soft-nms", "nmw")
+CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+SOFT_METHODS = ("gaussian", "linear")
 
 INFO_KEYS = ("inputs", "metric", "score", "dataset", "gate", "created")
 _FLOATS = ("iou_thr", "skip_box_thr", "sigma", "soft_score_thr", "low", "high")
 _STRINGS = ("method", "conf_type", "soft_method", "gate_mode")
 
 
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A settings field whose ``metadata`` carries its command-line help (read by ``python -m ensemble``)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass(frozen=True)
 class FusionSettings:
-    """How to fuse: the options of `fusion.engine.fuse` and the gate's rule.
+    """How to fuse: the options of `fusion.engine.fuse` and the gate's rule. The one place they are spelled.
+
+    ``python -m ensemble run`` makes one flag per field (``iou_thr`` → ``--iou-thr``) from the field's
+    metadata, the sweep writes one CSV column per field, the pipeline reads its ``ensemble:`` section
+    with `settings_from_mapping`, and ``run --config`` reads the YAML `write_settings` writes.
 
     Attributes:
         method: ``wbf``, ``nms``, ``soft-nms`` or ``nmw``.
@@ -37,17 +51,19 @@ class FusionSettings:
         low, high: the ``filter`` thresholds on ``p_abnormal``; None otherwise.
     """
 
-    method: str = "wbf"
-    weights: tuple[float, ...] | None = None
-    iou_thr: float = 0.55
-    skip_box_thr: float = 0.0
-    conf_type: str = "avg"
-    sigma: float = 0.5
-    soft_method: str = "gaussian"
-    soft_score_thr: float = 0.001
-    gate_mode: str | None = None
-    low: float | None = None
-    high: float | None = None
+    method: str = _opt("wbf", "fusion method", METHODS)
+    weights: tuple[float, ...] | None = _opt(
+        None, "one positive weight per --preds file, e.g. 2,1,1 or 2 1 1 (default all 1)"
+    )
+    iou_thr: float = _opt(0.55, "IoU in [0, 1] above which same-class boxes match")
+    skip_box_thr: float = _opt(0.0, "boxes scoring below this are dropped before fusing")
+    conf_type: str = _opt("avg", "WBF's fused score", CONF_TYPES)
+    sigma: float = _opt(0.5, "Soft-NMS gaussian sigma > 0")
+    soft_method: str = _opt("gaussian", "Soft-NMS score decay", SOFT_METHODS)
+    soft_score_thr: float = _opt(0.001, "Soft-NMS keeps boxes whose decayed score is above this")
+    gate_mode: str | None = _opt(None, "how the gate meets the boxes; needs --gate", GATE_MODES)
+    low: float | None = _opt(None, "filter: p_abnormal below this keeps only 'No finding'")
+    high: float | None = _opt(None, "filter: p_abnormal above this keeps boxes only")
 
     def validate(self, n_models: int | None = None) -> FusionSettings:
         """Check every value; with ``n_models``, also that ``weights`` has one weight per model.
@@ -58,27 +74,47 @@ class FusionSettings:
         Raises:
             ValueError: naming the bad value.
         """
-        n = n_models if n_models is not None else (len(self.weights) if self.weights else 1)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.conf_type not in CONF_TYPES:
+            raise ValueError(f"unknown conf_type {self.conf_type!r}; known: {', '.join(CONF_TYPES)}")
+        if self.soft_method not in SOFT_METHODS:
+            raise ValueError(f"unknown soft_method {self.soft_method!r}; known: {', '.join(SOFT_METHODS)}")
+        if not 0.0 <= self.iou_thr <= 1.0:
+            raise ValueError(f"iou_thr must be in [0, 1], got {self.iou_thr!r}")
+        if not np.isfinite(self.skip_box_thr):
+            raise ValueError(f"skip_box_thr must be finite, got {self.skip_box_thr!r}")
+        if not (np.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma must be > 0, got {self.sigma!r}")
+        if not np.isfinite(self.soft_score_thr):
+            raise ValueError(f"soft_score_thr must be finite, got {self.soft_score_thr!r}")
+        if n_models is not None and n_models == 0:
+            raise ValueError("need detections of at least one model, got none")
         if self.weights is not None and n_models is not None and len(self.weights) != n_models:
             raise ValueError(
                 f"got {len(self.weights)} weights {list(self.weights)} for {n_models} prediction files"
             )
-        _check_options(
-            self.method,
-            self.conf_type,
-            self.soft_method,
-            self.iou_thr,
-            self.skip_box_thr,
-            self.sigma,
-            self.soft_score_thr,
-            self.weights,
-            n,
-        )
+        self.model_weights(n_models if n_models is not None else len(self.weights or (1,)))
         if self.gate_mode is not None:
             check_gate_options(self.gate_mode, self.low, self.high)
         elif self.low is not None or self.high is not None:
             raise ValueError("low/high thresholds given without a gate mode")
         return self
+
+    def model_weights(self, n_models: int) -> np.ndarray:
+        """``(n_models,)`` float64 weights (all 1 when ``weights`` is None).
+
+        Raises:
+            ValueError: for a ``weights`` whose length is not ``n_models`` or a weight that is not > 0.
+        """
+        if self.weights is None:
+            return np.ones(n_models)
+        w = np.array(self.weights, dtype=np.float64).reshape(-1)
+        if len(w) != n_models:
+            raise ValueError(f"got {len(w)} weights {list(self.weights)} for {n_models} models")
+        if not (np.isfinite(w).all() and (w > 0).all()):
+            raise ValueError(f"weights must be finite and > 0, got {list(self.weights)}")
+        return w
 
     def fusion_options(self) -> dict[str, Any]:
         """The keyword arguments of `fusion.engine.fuse_many`."""

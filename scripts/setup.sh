@@ -7,7 +7,7 @@
 # and the patched Detectron2 wheel are built once into $CXRFUSE_CACHE (outside the
 # checkout) and reused, so a second run takes seconds.
 #
-# Facts behind each step: ../shared/DESIGN.md, "Dependencies".
+# Facts behind each step: docs/DESIGN.md, "Dependencies".
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

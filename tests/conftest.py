@@ -6,16 +6,26 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-#: real sample data shipped beside the repository (``/work/shared`` for ``/work/main``)
-REAL = REPO.parent / "shared" / "data" / "real"
+from tests.conftest_paths import unpack_real
 
 
 @pytest.fixture(scope="session")
-def real_dir() -> Path:
-    """Folder of real sample files (``../shared/data/real``); its absence is a failure, not a skip."""
-    assert REAL.is_dir(), f"real sample data not found at {REAL}: check out ../shared beside the repository"
-    return REAL
+def real_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real sample files shipped in ``tests/data/real``, copied with every ``.xz`` unpacked.
+
+    Their absence is a failure (``FileNotFoundError``), not a skip.
+    """
+    return unpack_real(tmp_path_factory.mktemp("real"))
+
+
+@pytest.fixture(scope="session")
+def real_vinbig(real_dir: Path) -> Path:
+    """The shipped VinBigData files, unpacked.
+
+    Kaggle's complete ``train.csv``, ``train_meta.csv`` (the original height and width of its
+    15,000 images) and a few images under ``images/<format>/``.
+    """
+    return real_dir / "vinbigdata"
 
 
 @pytest.fixture(scope="session")

@@ -10,30 +10,29 @@ import pytest
 
 from convert.vinbig import convert_vinbig
 from core.io import read_image_gray
-from tests.conftest_paths import VINBIG
 
 SAME_IMAGE = (
     "0c7a38f293d5f5e4846aa4ca6db4daf1"  # present as a 1/3-scale JPEG and as a stretched 1024x1024 PNG
 )
 
 
-def _subset_csv(path, ids):
-    with open(VINBIG / "train.csv") as f, open(path, "w", newline="") as g:
+def _subset_csv(real_vinbig, path, ids):
+    with open(real_vinbig / "train.csv") as f, open(path, "w", newline="") as g:
         r = csv.DictReader(f)
         w = csv.DictWriter(g, r.fieldnames)
         w.writeheader()
         w.writerows(row for row in r if row["image_id"] in ids)
 
 
-def _convert_folder(tmp_path, folder, size=512):
-    src = VINBIG / "images" / folder
+def _convert_folder(real_vinbig, tmp_path, folder, size=512):
+    src = real_vinbig / "images" / folder
     ids = {p.stem for p in src.iterdir()}
-    _subset_csv(tmp_path / "train.csv", ids)
+    _subset_csv(real_vinbig, tmp_path / "train.csv", ids)
     return convert_vinbig(
         tmp_path / "train.csv",
         tmp_path / "coco",
         images_dir=src,
-        size_table=VINBIG / "train_meta.csv",
+        size_table=real_vinbig / "train_meta.csv",
         annotators="raw",
         size=size,
         n_folds=2,
@@ -41,22 +40,22 @@ def _convert_folder(tmp_path, folder, size=512):
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(real_vinbig, tmp_path_factory):
     return {
-        f: _convert_folder(tmp_path_factory.mktemp(f), f)
+        f: _convert_folder(real_vinbig, tmp_path_factory.mktemp(f), f)
         for f in ("png_fullres", "png_1024x1024", "jpg_third_scale")
     }
 
 
 @pytest.mark.parametrize("folder", ["png_fullres", "png_1024x1024", "jpg_third_scale"])
-def test_frame_follows_the_file(converted, folder):
+def test_frame_follows_the_file(converted, real_vinbig, folder):
     """The written PNG keeps the file's aspect; boxes are CSV boxes × (written / original) per axis."""
     from PIL import Image
 
     ds = converted[folder]
-    assert len(ds.images) == len(list((VINBIG / "images" / folder).iterdir()))
+    assert len(ds.images) == len(list((real_vinbig / "images" / folder).iterdir()))
     for im in ds.images:
-        src = next((VINBIG / "images" / folder).glob(im["source_id"] + ".*"))
+        src = next((real_vinbig / "images" / folder).glob(im["source_id"] + ".*"))
         sw, sh = Image.open(src).size
         assert max(im["width"], im["height"]) == 512
         assert abs(im["width"] / im["height"] - sw / sh) < 0.01
@@ -110,11 +109,11 @@ def test_same_image_two_formats_gives_the_same_box_content(converted):
         assert corr > 0.9, corr
 
 
-def test_png_mode_requires_a_size_table(tmp_path):
+def test_png_mode_requires_a_size_table(real_vinbig, tmp_path):
     src = tmp_path / "imgs"
     src.mkdir()
-    shutil.copy(next((VINBIG / "images" / "png_1024x1024").iterdir()), src)
-    _subset_csv(tmp_path / "train.csv", {p.stem for p in src.iterdir()})
+    shutil.copy(next((real_vinbig / "images" / "png_1024x1024").iterdir()), src)
+    _subset_csv(real_vinbig, tmp_path / "train.csv", {p.stem for p in src.iterdir()})
     from convert.common import ConversionError
 
     with pytest.raises(ConversionError, match="size-table"):

@@ -7,11 +7,10 @@ from collections import Counter
 
 import pytest
 
-from core.classes import VINBIG_CLASSES
 from convert.rsna import convert_rsna
 from convert.vinbig import convert_vinbig
+from core.classes import VINBIG_CLASSES
 from core.coco import CocoDataset
-from tests.conftest_paths import RSNA, VINBIG
 
 # VinDr-CXR / Kaggle train.csv box counts per class (all three radiologists' boxes).
 PUBLISHED_VINBIG = {
@@ -33,12 +32,12 @@ PUBLISHED_VINBIG = {
 
 
 @pytest.fixture(scope="module")
-def vinbig_raw(tmp_path_factory):
+def vinbig_raw(real_vinbig, tmp_path_factory):
     out = tmp_path_factory.mktemp("vinbig_raw")
     ds = convert_vinbig(
-        VINBIG / "train.csv",
+        real_vinbig / "train.csv",
         out,
-        size_table=VINBIG / "train_meta.csv",
+        size_table=real_vinbig / "train_meta.csv",
         labels_only=True,
         annotators="raw",
         size=1024,
@@ -58,11 +57,11 @@ def test_vinbig_raw_reproduces_published_counts(vinbig_raw):
     assert sorted(ds.category_ids) == list(range(14)) and names[8] == "Nodule/Mass"
 
 
-def test_vinbig_boxes_scaled_into_the_written_frame(vinbig_raw):
+def test_vinbig_boxes_scaled_into_the_written_frame(vinbig_raw, real_vinbig):
     """Boxes are in the 1024-px frame (longer side), and scale back to the CSV's original pixels."""
     out, ds = vinbig_raw
     rows = {}
-    with open(VINBIG / "train.csv") as f:
+    with open(real_vinbig / "train.csv") as f:
         for r in csv.DictReader(f):
             if r["class_id"] != "14":
                 rows.setdefault((r["image_id"], r["rad_id"], int(r["class_id"])), []).append(
@@ -101,11 +100,11 @@ def test_vinbig_folds_are_stratified(vinbig_raw):
     assert all(im["fold"] == 0 for im in val.images)
 
 
-def test_vinbig_wbf_fuses_the_three_radiologists(tmp_path):
+def test_vinbig_wbf_fuses_the_three_radiologists(real_vinbig, tmp_path):
     ds = convert_vinbig(
-        VINBIG / "train.csv",
+        real_vinbig / "train.csv",
         tmp_path,
-        size_table=VINBIG / "train_meta.csv",
+        size_table=real_vinbig / "train_meta.csv",
         labels_only=True,
         annotators="wbf",
         n_folds=5,
@@ -116,12 +115,13 @@ def test_vinbig_wbf_fuses_the_three_radiologists(tmp_path):
     assert all("rad_id" not in a for a in ds.annotations[:100])
 
 
-def test_rsna_reproduces_published_counts(tmp_path):
+def test_rsna_reproduces_published_counts(real_dir, tmp_path):
+    rsna = real_dir / "rsna_pneumonia"
     ds = convert_rsna(
-        RSNA / "stage_2_train_labels.csv",
+        rsna / "stage_2_train_labels.csv",
         tmp_path,
         labels_only=True,
-        class_info=RSNA / "stage_2_detailed_class_info_restored.csv",
+        class_info=rsna / "stage_2_detailed_class_info_restored.csv",
     )
     assert len(ds.images) == 26_684
     assert len(ds.annotations) == 9_555

@@ -117,3 +117,23 @@ def test_atomic_open_leaves_nothing_on_failure(tmp_path):
             f.write("half")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_as_written_is_bit_for_bit_what_a_results_file_reads_back(tmp_path):
+    """The sweep scores `as_written`; the leaderboard scores the file: they must hold the same numbers."""
+    from core.io import read_json, write_json
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 900, (500, 2))
+    wh = rng.uniform(0, 100, (500, 2))
+    d = Detections(np.c_[xy, xy + wh], rng.uniform(0, 1, 500), rng.integers(0, 14, 500))
+    dets = {1: d, 2: Detections.empty(), 3: d.select(slice(0, 7))}
+    path = write_json(tmp_path / "r.json", to_coco_results(dets))
+    back = from_coco_results(read_json(path), dets)
+    for i, orig in dets.items():
+        mem = orig.as_written()
+        np.testing.assert_array_equal(back[i].boxes, mem.boxes)
+        np.testing.assert_array_equal(back[i].scores, mem.scores)
+        np.testing.assert_array_equal(back[i].labels, mem.labels)
+    assert not np.array_equal(d.as_written().boxes, d.boxes)  # the rounding is real
+    assert not np.array_equal(d.as_written().scores, d.scores)

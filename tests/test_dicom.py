@@ -142,7 +142,7 @@ def test_real_12_bit_dx(real_dir: Path) -> None:
     assert (header["bits_allocated"], header["bits_stored"]) == (16, 12)
     assert (header["window_center"], header["window_width"]) == (2048.0, 4096.0)
     img = dicom_to_uint8(real_dir / CAT)
-    assert img.dtype == np.uint8 and img.shape == (2614, 3072)
+    assert img.dtype == np.uint8 and img.shape == (654, 768)  # the shipped copy: every 4th row and column
     assert img.min() == 0 and img.max() == 255
     assert 20 < img.mean() < 235
 

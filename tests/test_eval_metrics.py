@@ -7,7 +7,6 @@ import copy
 import csv
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from pycocotools.cocoeval import COCOeval
 
 from core.detections import Detections
 from eval.metrics import NO_FINDING, RSNA_IOU_THRESHOLDS, coco_map, rsna_per_image, rsna_score, vinbig_map
+from tests.conftest_paths import VINBIG_CSV, open_text
 
-VINBIG_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "vinbigdata" / "train.csv"
 TOL = 1e-6
 
 
@@ -150,7 +149,7 @@ def test_coco_map_equals_cocoeval_stats():
 
 
 def _vinbig_rows():
-    with VINBIG_CSV.open(newline="") as f:
+    with open_text(VINBIG_CSV) as f:
         return list(csv.DictReader(f))
 
 
@@ -206,7 +205,10 @@ def test_vinbig_map_equals_pycocotools_on_real_radiologists_boxes(radiologists_c
     rng = np.random.default_rng(5)
     images = [im["id"] for im in gt["images"]]
     p_normal = {i: float(rng.uniform(0.5, 1) if i in normal_by_rad else rng.uniform(0, 0.6)) for i in images}
-    ours = vinbig_map(gt, results, gate_scores=p_normal)
+    rows14 = [
+        {"image_id": i, "category_id": NO_FINDING, "bbox": [0, 0, 1, 1], "score": p_normal[i]} for i in images
+    ]
+    ours = vinbig_map(gt, results + rows14)
     # the same thing spelled out for pycocotools: class 14 GT on images without annotations
     with_gt = {a["image_id"] for a in gt["annotations"]}
     normals = [i for i in images if i not in with_gt]
@@ -225,13 +227,8 @@ def test_vinbig_map_equals_pycocotools_on_real_radiologists_boxes(radiologists_c
         }
         for k, i in enumerate(normals)
     ]
-    rows14 = [
-        {"image_id": i, "category_id": NO_FINDING, "bbox": [0, 0, 1, 1], "score": p_normal[i]} for i in images
-    ]
     assert_same_as_pycocotools(ours, gt14, results + rows14, [0.4], 10**6)
     assert NO_FINDING in ours.per_class
-    # class-14 rows in the results give the same answer as gate_scores
-    assert vinbig_map(gt, results + rows14).map == pytest.approx(ours.map, abs=1e-12)
 
 
 # --------------------------------------------------------------------------- behaviour and errors
@@ -300,15 +297,17 @@ def _vinbig_hand_case():
 def test_vinbig_map_perfect_no_finding():
     gt, results = _vinbig_hand_case()
     # "No finding" ranked 1 (0.9, TP), 3 (0.8, TP), 2 (0.1, FP): AP 1; class 0: AP 1 → mAP 1
-    r = vinbig_map(gt, results, gate_scores={1: 0.9, 2: 0.1, 3: 0.8})
+    r = vinbig_map(gt, results + _no_finding_rows({1: 0.9, 2: 0.1, 3: 0.8}))
     # (precision is tp / (tp + fp + eps), as pycocotools, so "1" is 1 - 1e-16)
     assert r.per_class == pytest.approx({0: 1.0, NO_FINDING: 1.0}, abs=1e-12) and r.map == pytest.approx(1.0)
     assert r.classes_without_gt == tuple(range(1, 14))
-    rows = [
-        {"image_id": i, "category_id": 14, "bbox": [0, 0, 1, 1], "score": s}
-        for i, s in ((1, 0.9), (2, 0.1), (3, 0.8))
+
+
+def _no_finding_rows(p_normal: dict[int, float]) -> list[dict]:
+    """Class-14 results rows ``[0, 0, 1, 1]`` scored P(normal), as a gated fusion writes them."""
+    return [
+        {"image_id": i, "category_id": NO_FINDING, "bbox": [0, 0, 1, 1], "score": s} for i, s in p_normal.items()
     ]
-    assert vinbig_map(gt, results + rows).per_class == r.per_class
 
 
 def test_vinbig_map_misranked_no_finding():
@@ -316,7 +315,7 @@ def test_vinbig_map_misranked_no_finding():
     # ranked 1 (TP: R .5, P 1), 2 (FP: R .5, P .5), 3 (TP: R 1, P 2/3); monotone P = 1, 2/3, 2/3
     # recall thresholds 0.00..0.50 (51 points) read P 1, 0.51..1.00 (50 points) read 2/3
     ap14 = (51 * 1 + 50 * 2 / 3) / 101  # 0.834983...
-    r = vinbig_map(gt, results, gate_scores={1: 0.9, 2: 0.8, 3: 0.1})
+    r = vinbig_map(gt, results + _no_finding_rows({1: 0.9, 2: 0.8, 3: 0.1}))
     assert r.per_class[NO_FINDING] == pytest.approx(ap14, abs=1e-12)
     assert r.map == pytest.approx((1 + ap14) / 2, abs=1e-12)  # 0.917491...
     # no gate and no class-14 rows: "No finding" has GT but no prediction → AP 0
@@ -325,10 +324,8 @@ def test_vinbig_map_misranked_no_finding():
 
 def test_vinbig_map_errors():
     gt, results = _vinbig_hand_case()
-    with pytest.raises(ValueError, match=r"gate_scores: image ids not in the dataset: \[42\]"):
-        vinbig_map(gt, results, gate_scores={1: 0.5, 42: 0.5})
-    with pytest.raises(ValueError, match=r"images \[3\]"):
-        vinbig_map(gt, results, gate_scores={3: 1.5})
+    with pytest.raises(ValueError, match=r"results: image ids not in the dataset: \[42\]"):
+        vinbig_map(gt, results + _no_finding_rows({1: 0.5, 42: 0.5}))
     bad = make_dataset([1], range(15), [(1, 14, [0, 0, 1, 1])])
     with pytest.raises(ValueError, match="No finding"):
         vinbig_map(bad, [])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import ensemble_boxes as eb  # the reference implementation
 import numpy as np
@@ -11,8 +10,8 @@ import pytest
 
 from core.detections import Detections
 from fusion.engine import fuse, fuse_many
+from tests.conftest_paths import VINBIG_CSV, VINBIG_META
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "vinbigdata"
 W, H = 640, 512
 
 
@@ -141,9 +140,9 @@ def test_fuse_many_equals_fuse_per_image(method):
 def _real_images(n: int = 200):
     import pandas as pd
 
-    assert (REAL / "train.csv").is_file(), f"real data missing: {REAL / 'train.csv'}"
-    df = pd.read_csv(REAL / "train.csv")
-    meta = pd.read_csv(REAL / "train_meta.csv").set_index("image_id")
+    assert VINBIG_CSV.is_file(), f"real data missing: {VINBIG_CSV}"
+    df = pd.read_csv(VINBIG_CSV)
+    meta = pd.read_csv(VINBIG_META).set_index("image_id")
     df = df[df["class_id"] != 14].dropna(subset=["x_min", "y_min", "x_max", "y_max"])
     ids = sorted(set(df["image_id"]) & set(meta.index))[:n]
     rng = np.random.default_rng(7)

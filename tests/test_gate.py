@@ -1,5 +1,5 @@
-"""The ResNet gate (adapters.resnet_gate): trains on synthetic data, separates normal from
-abnormal held-out images, writes gate files and Grad-CAM overlays, refuses wrong inputs.
+"""The ResNet gate (adapters.gate, registered as resnet_gate): trains on synthetic data, separates
+normal from abnormal held-out images, writes gate files and Grad-CAM overlays, refuses wrong inputs.
 
 One CLI training run (module fixture) serves the AUC, file and Grad-CAM tests. Torch runs on
 one thread: on a shared 2-core machine two threads are many times slower when the other core
@@ -67,10 +67,13 @@ def run(coco, tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("gate_run")
     r = _cli(
-        "train", CPU_CONFIG, "--dataset", coco / "train.json", "--out-dir", out / "run",
+        "train", CPU_CONFIG, "--dataset", coco / "train.json", "--out-dir", out / "run", "-v",
         "--set", f"dataset.val={coco / 'val.json'}", *(a for kv in TEST_SET for a in ("--set", kv)),
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+    # the library logs its progress (shown with -v, on stderr); the CLI prints the result
+    assert "step 8/32 epoch 1" in r.stderr and "val epoch 4: AUC" in r.stderr, r.stderr
+    assert r.stdout.startswith(f"wrote {out / 'run' / 'weights.pth'} in "), r.stdout
     val = CocoDataset.load(coco / "val.json")
     normal = next(i for i in val.image_ids if val.is_normal(i))
     abnormal = next(i for i in val.image_ids if not val.is_normal(i))
@@ -79,14 +82,16 @@ def run(coco, tmp_path_factory) -> dict:
         "--out", out / "preds" / "gate.json", "--cam", normal, abnormal,
     )  # fmt: skip
     assert r2.returncode == 0, r2.stdout + r2.stderr
-    return {"out": out, "run": out / "run", "val": val, "cam_ids": [normal, abnormal], "train_log": r.stdout}
+    assert f"wrote {out / 'preds' / 'gate.json'} ({len(val.images)} images" in r2.stdout
+    assert f"Grad-CAM overlays: 2 in {out / 'preds' / 'gate_cam'}" in r2.stdout
+    return {"out": out, "run": out / "run", "val": val, "cam_ids": [normal, abnormal], "train_log": r.stderr}
 
 
 def test_gate_separates_normal_from_abnormal_on_held_out_images(run):
     from sklearn.metrics import roc_auc_score
 
-    from adapters.resnet_gate import roc_auc
     from core.predictions import read_gate
+    from core.roc import roc_auc
 
     val = run["val"]
     p = read_gate(run["out"] / "preds" / "gate.json", val)
@@ -97,8 +102,13 @@ def test_gate_separates_normal_from_abnormal_on_held_out_images(run):
     auc = roc_auc_score(truth, scores)
     print(f"held-out AUC {auc:.4f} on {len(truth)} images")
     assert auc > 0.8, f"held-out AUC {auc:.3f}\n{run['train_log']}"
-    assert roc_auc(truth, scores) == pytest.approx(auc, abs=1e-9)
+    assert roc_auc(truth, scores) == pytest.approx(auc, abs=1e-12)
     assert float(((scores >= 0.5) == truth.astype(bool)).mean()) > 0.7
+    # validation after the last epoch scored the same network on the same set
+    with open(run["run"] / "val_metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert float(last["auc"]) == pytest.approx(auc, abs=1e-6)
+    assert float(last["accuracy"]) == pytest.approx(float(((scores >= 0.5) == truth).mean()), abs=1e-6)
 
 
 def test_train_writes_checkpoint_loss_log_and_val_metrics(run):
@@ -148,7 +158,7 @@ def test_predict_writes_gate_sidecar_and_grad_cam_overlays(run):
 
 
 def test_overlay_keeps_the_xray_where_the_map_is_zero():
-    from adapters.resnet_gate import overlay
+    from adapters.gate import overlay
 
     gray = np.tile(np.arange(0, 250, 5, dtype=np.uint8), (40, 1))  # (40, 50)
     cam = np.zeros(gray.shape, np.float32)
@@ -164,11 +174,11 @@ def test_python_api_arrays_paths_and_batches_agree(run):
     import cv2
 
     from adapters import build
-    from adapters.base import AdapterError
+    from adapters.base import AdapterError, Classifier
     from adapters.config import load_config
 
     gate = build(load_config(CPU_CONFIG), run["run"] / "weights.pth")
-    assert gate.kind == "gate"
+    assert isinstance(gate, Classifier)
     val = run["val"]
     paths = [val.image_path(i) for i in val.image_ids[:9]]
     by_path = np.array(list(gate.predict(paths, 4)))
@@ -182,12 +192,29 @@ def test_python_api_arrays_paths_and_batches_agree(run):
         gate.grad_cam(val, [val.image_ids[0], 987654], run["out"] / "cam_bad")
 
 
+def test_predict_is_one_pure_function_of_network_and_input(run):
+    """predict and the validation during training share predict_p_abnormal(model, spec, images, bs)."""
+    from adapters import build
+    from adapters.config import load_config
+    from adapters.gate import GateInput, predict_p_abnormal
+    from adapters.gate.model import load_gate
+
+    model, spec = load_gate(run["run"] / "weights.pth", "resnet18", "cpu")
+    assert spec == GateInput(96, "stretch") and not model.training
+    val = run["val"]
+    paths = [val.image_path(i) for i in val.image_ids[:6]]
+    direct = np.array(list(predict_p_abnormal(model, spec, paths, 4)))
+    gate = build(load_config(CPU_CONFIG), run["run"] / "weights.pth")
+    np.testing.assert_allclose(np.array(list(gate.predict(paths, 4))), direct, atol=1e-6)
+    assert list(predict_p_abnormal(model, spec, [], 4)) == []
+
+
 def test_seeded_training_repeats_and_starts_from_imagenet_weights(coco, tmp_path):
     import torch
     import torchvision
 
     from adapters.config import load_config
-    from adapters.resnet_gate import ResNetGate
+    from adapters.gate import ResNetGate
     from core.coco import CocoDataset
 
     imagenet = tmp_path / "resnet18_imagenet.pth"  # the shape of torchvision's file (1000-class head)
@@ -201,9 +228,14 @@ def test_seeded_training_repeats_and_starts_from_imagenet_weights(coco, tmp_path
     states, logs = [], []
     for k in range(2):
         out = tmp_path / f"run{k}"
-        weights = ResNetGate(load_config(CPU_CONFIG, sets)).train(ds, out)
+        gate = ResNetGate(load_config(CPU_CONFIG, sets))
+        weights = gate.train(ds, out)
         states.append(torch.load(weights, map_location="cpu", weights_only=True))
         logs.append((out / "loss.csv").read_text())
+    # the trained adapter predicts with its network in memory, as the file does
+    paths = [ds.image_path(i) for i in ds.image_ids[:4]]
+    reloaded = ResNetGate(load_config(CPU_CONFIG), weights)
+    np.testing.assert_allclose(list(gate.predict(paths, 2)), list(reloaded.predict(paths, 2)), atol=1e-6)
     assert logs[0] == logs[1] and len(logs[0].splitlines()) == 4
     assert states[0]["resize"] == "letterbox" and states[0]["image_size"] == 64
     for key, value in states[0]["state_dict"].items():
@@ -213,6 +245,12 @@ def test_seeded_training_repeats_and_starts_from_imagenet_weights(coco, tmp_path
     trained = states[0]["state_dict"]["conv1.weight"]
     assert not torch.equal(start, trained) and (trained - start).abs().max() < 0.1 * start.abs().max()
     assert tuple(states[0]["state_dict"]["fc.weight"].shape) == (1, 512)
+    import json
+
+    report = json.loads((tmp_path / "run0" / "weights_report.json").read_text())
+    assert report["weights"] == str(imagenet) and report["new_tensors"] == ["fc.weight", "fc.bias"]
+    assert report["skipped_tensors"] == ["fc.weight", "fc.bias"]  # the 1000-class head
+    assert report["loaded"] == len(states[0]["state_dict"]) - 2
     # Grad-CAM maps a letterboxed input back onto the whole image
     gate = ResNetGate(load_config(CPU_CONFIG), tmp_path / "run0" / "weights.pth")
     iid = ds.image_ids[0]
@@ -225,7 +263,7 @@ def test_seeded_training_repeats_and_starts_from_imagenet_weights(coco, tmp_path
 def test_wrong_architecture_is_a_clear_error(coco, tmp_path):
     from adapters.base import AdapterError
     from adapters.config import load_config
-    from adapters.resnet_gate import ResNetGate
+    from adapters.gate import ResNetGate
 
     with pytest.raises(AdapterError, match=r"resnet101.*resnet18, resnet34, resnet50"):
         ResNetGate(load_config(CPU_CONFIG, ["model=resnet101"]))
@@ -247,7 +285,7 @@ def test_checkpoint_of_another_arch_or_a_detector_is_refused(run, coco, tmp_path
 
     from adapters.base import AdapterError
     from adapters.config import load_config
-    from adapters.resnet_gate import ResNetGate
+    from adapters.gate import ResNetGate
     from core.coco import CocoDataset
 
     val = CocoDataset.load(coco / "val.json")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.detections import Detections
-from fusion.gate import NO_FINDING, NO_FINDING_BOX, apply_gate, strip_no_finding
+from core.detections import Detections, to_coco_results
 from eval.metrics import vinbig_map
+from fusion.gate import NO_FINDING, NO_FINDING_BOX, apply_gate, strip_no_finding
 
 
 def two_boxes() -> Detections:
@@ -184,5 +184,7 @@ def test_informative_gate_improves_the_vinbig_metric():
 def test_append_equals_the_metrics_own_gate_convention():
     gt, dets, p = vinbig_case(seed=1)
     ours = vinbig_map(gt, apply_gate(dets, p, "append")).map
-    theirs = vinbig_map(gt, dets, gate_scores={i: 1.0 - v for i, v in p.items()}).map  # P(normal)
+    # the rule spelled out independently: every image gets "No finding" [0, 0, 1, 1] scored P(normal)
+    rows14 = [{"image_id": i, "category_id": 14, "bbox": [0, 0, 1, 1], "score": 1.0 - v} for i, v in p.items()]
+    theirs = vinbig_map(gt, to_coco_results(dets, decimals=6) + rows14).map
     assert ours == pytest.approx(theirs, abs=1e-6)

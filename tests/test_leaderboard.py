@@ -261,7 +261,8 @@ def test_gate_supplies_no_finding_to_rows_without_class_14(world, gt):
     rows = {r.name: r for r in board.rows}
     p_normal = {i: 1 - p for i, p in world["p_abnormal"].items()}
     for name in ("yolo-good", "frcnn-bad"):
-        expected = vinbig_map(gt, world["rows"][name], gate_scores=p_normal, iou_thr=0.4).map
+        rows14 = [{"image_id": i, "category_id": NO_FINDING, "bbox": [0, 0, 1, 1], "score": p} for i, p in p_normal.items()]
+        expected = vinbig_map(gt, world["rows"][name] + rows14, iou_thr=0.4).map
         assert rows[name].score == pytest.approx(expected, abs=1e-6)
         assert rows[name].no_finding == "gate resnet-gate"
     assert rows["wbf-gated"].no_finding == "predicted"  # its own class-14 rows are kept
@@ -561,9 +562,9 @@ def test_rank_rows_ties_and_nan(world):
     ],
 )
 def test_gated_column_reads_the_fusion_sidecar(kind, gate, shown):
-    from eval.leaderboard import _gated
+    from eval.inputs import gated_label
 
-    assert _gated({"gate": gate}, kind) == shown
+    assert gated_label({"gate": gate}, kind) == shown
 
 
 def test_cli_prints_table_without_writing(world, capsys, tmp_path, monkeypatch):

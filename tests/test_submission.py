@@ -12,14 +12,13 @@ import yaml
 from convert.submission import parse_vinbig_submission, write_submission
 from convert.vinbig import convert_vinbig
 from convert.yolo import coco_to_yolo
-from tests.conftest_paths import VINBIG
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(real_vinbig, tmp_path_factory):
     """~60 real VinBigData label sets, labels only, 1024-px frame, raw radiologist boxes."""
     tmp = tmp_path_factory.mktemp("sub")
-    with open(VINBIG / "train.csv") as f:
+    with open(real_vinbig / "train.csv") as f:
         rows = list(csv.DictReader(f))
     ids = list(dict.fromkeys(r["image_id"] for r in rows))[:60]
     with open(tmp / "train.csv", "w", newline="") as g:
@@ -29,7 +28,7 @@ def small(tmp_path_factory):
     ds = convert_vinbig(
         tmp / "train.csv",
         tmp / "coco",
-        size_table=VINBIG / "train_meta.csv",
+        size_table=real_vinbig / "train_meta.csv",
         labels_only=True,
         annotators="raw",
         n_folds=2,

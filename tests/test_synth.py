@@ -13,7 +13,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from core.classes import VINBIG_CLASSES
 from convert.dicom import dicom_to_uint8
 from convert.synth import (
     ALL_CLASSES,
@@ -24,6 +23,7 @@ from convert.synth import (
     paint_lesion,
     render_display,
 )
+from core.classes import VINBIG_CLASSES
 
 VINBIG_COLUMNS = ["image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"]
 COORD = re.compile(r"^\d+\.0$")
