@@ -4,8 +4,13 @@ The model is a Detectron2 YAML shipped under ``configs/detectron2/``; the model 
 ``options`` are extra Detectron2 keys (``{MODEL.RESNETS.NORM: BN, ...}``). Training runs
 Detectron2's own `SimpleTrainer` with its data loader, optimizer and LR schedule; under
 ``torchrun --nproc_per_node N`` each process takes its share (DistributedDataParallel).
-Checkpoints are read by the adapter (torch >= 2.6 refuses Detectron2's own ``.pth`` files
-with ``weights_only=True``); Detectron2/Caffe2 ``.pkl`` model-zoo files load as Detectron2 does.
+Every weights file is read by the adapter without running code (`adapters.base.load_weights`):
+``.pth`` files (Detectron2's ``model_final.pth``, the checkpoints CXRFuse writes) with
+``torch.load(weights_only=True)``, Detectron2/Caffe2 ``.pkl`` model-zoo files with an unpickler
+that only rebuilds numpy arrays; then they are laid out as Detectron2's own loader lays them out
+(name-matching heuristics for Caffe2 and pycls files). Starting from weights made for other
+classes loads every tensor whose name and shape fit; the box predictor's class scores and
+class-specific box deltas start as initialised (``OUT/weights_report.json``).
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ from adapters.base import (
     DetectorAdapter,
     LossLog,
     batched,
-    load_torch_file,
     read_image_bgr,
     resolve_device,
-    save_torch_file,
     to_detections,
+    training_image_count,
 )
 from adapters.config import ModelConfig
+from adapters.weights import WeightsReport, save_torch_file
 from core.coco import CocoDataset
 from core.detections import Detections
 
@@ -64,22 +69,66 @@ def dataset_dicts(dataset: CocoDataset, cats: CategoryMap) -> list[dict[str, Any
     return out
 
 
-class _Checkpointer:
-    """Detectron2's checkpointer, reading ``.pth`` files with ``weights_only=False``."""
+def checkpoint_dict(data: Any, path: Path) -> dict[str, Any]:
+    """A weights file's contents laid out as Detectron2's checkpointer takes them.
 
-    def __new__(cls, model):
-        from detectron2.checkpoint import DetectionCheckpointer
+    ``.pkl``: a Detectron2 model-zoo dict (``model`` and ``__author__``) as it is, else a Caffe2 /
+    Detectron1 file (its ``blobs``, momenta dropped) marked for name matching; ``.pyth`` (pycls):
+    its ``model_state``, marked for name matching; anything else: a dict with ``model``, or a bare
+    state dict. CXRFuse's own keys are dropped.
 
-        class Checkpointer(DetectionCheckpointer):
-            def _load_file(self, filename):
-                if filename.endswith((".pkl", ".pyth")):
-                    return super()._load_file(filename)
-                data = load_torch_file(filename)
-                if isinstance(data, dict) and "model" in data:
-                    return {k: v for k, v in data.items() if k != "cxrfuse_categories"}
-                return {"model": data}
+    Raises:
+        AdapterError: no mapping of names to tensors or arrays where the weights should be.
+    """
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path}: not a Detectron2 checkpoint (a {type(data).__name__}, not a dict)")
+    if path.suffix == ".pkl" and not ("model" in data and "__author__" in data):
+        blobs = data.get("blobs", data)
+        if not isinstance(blobs, dict):
+            raise AdapterError(f"{path}: not a Detectron2 or Caffe2 checkpoint (no 'model' nor 'blobs')")
+        model = {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}
+        data = {"model": model, "__author__": "Caffe2", "matching_heuristics": True}
+    elif path.suffix == ".pyth":
+        state = data.get("model_state")
+        if not isinstance(state, dict):
+            raise AdapterError(f"{path}: a .pyth (pycls) checkpoint without 'model_state'")
+        model = {k: v for k, v in state.items() if not str(k).endswith("num_batches_tracked")}
+        data = {"model": model, "__author__": "pycls", "matching_heuristics": True}
+    elif not isinstance(data.get("model"), dict):
+        data = {"model": data}
+    model = {k: v for k, v in data["model"].items() if hasattr(v, "shape")} if isinstance(data["model"], dict) else {}
+    if not model:
+        raise AdapterError(f"{path}: holds no Detectron2 weights (no mapping of names to tensors or arrays)")
+    extra = {k: v for k, v in data.items() if k not in ("model", "cxrfuse_categories", "framework", "config")}
+    return {**extra, "model": model}
 
-        return Checkpointer(model, save_dir="")
+
+def load_into(model: Any, data: dict[str, Any], path: Path) -> WeightsReport:
+    """Load a `checkpoint_dict` into ``model`` with Detectron2's checkpointer (name matching,
+    numpy → tensors, tensors of another shape skipped) and say what was loaded."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    report: dict[str, Any] = {}
+
+    class Checkpointer(DetectionCheckpointer):
+        def _load_file(self, filename):
+            return dict(data)  # already read safely by load_weights
+
+        def _load_model(self, checkpoint):
+            incompatible = super()._load_model(checkpoint)
+            report["incompatible"] = incompatible
+            return incompatible
+
+    Checkpointer(model, save_dir="").load(str(path))
+    inc = report["incompatible"]
+    names = list(model.state_dict())
+    missing = set(inc.missing_keys)
+    return WeightsReport(
+        str(path),
+        [k for k in names if k not in missing],
+        [*inc.unexpected_keys, *(k for k, *_ in inc.incorrect_shapes)],
+        [k for k in names if k in missing],
+    )
 
 
 class Detectron2Detector(DetectorAdapter):
@@ -113,11 +162,32 @@ class Detectron2Detector(DetectorAdapter):
         c.SOLVER.WEIGHT_DECAY = float(s.weight_decay)
         c.SOLVER.WARMUP_ITERS = s.warmup_iters
         c.DATALOADER.NUM_WORKERS = s.workers
+        # schedule.empty_images: images without a box are background (keep) or left out (drop)
+        c.DATALOADER.FILTER_EMPTY_ANNOTATIONS = s.empty_images == "drop"
         c.SEED = s.seed
         c.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(p.score_thr)
         c.MODEL.ROI_HEADS.NMS_THRESH_TEST = float(p.nms_iou)
         c.TEST.DETECTIONS_PER_IMAGE = p.max_dets
         return c
+
+    def training_images(self, dataset: CocoDataset, out_dir: Path | None = None) -> int:
+        """How many images Detectron2's training data holds for ``dataset`` under ``schedule.empty_images``.
+
+        The list `build_detection_train_loader` samples from (``get_detection_dataset_dicts`` with
+        the config's ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``), built without training.
+        """
+        from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+
+        cats = CategoryMap.from_dataset(dataset)
+        c = self._build_cfg(len(cats), "cpu")
+        name = f"cxrfuse_count_{self.name}_{os.getpid()}_{id(dataset)}"
+        dicts = dataset_dicts(dataset, cats)
+        DatasetCatalog.register(name, lambda: dicts)
+        MetadataCatalog.get(name).thing_classes = list(cats.names)
+        try:
+            return len(get_detection_dataset_dicts([name], filter_empty=c.DATALOADER.FILTER_EMPTY_ANNOTATIONS))
+        finally:
+            DatasetCatalog.remove(name)
 
     # ------------------------------------------------------------------ train
     def train(self, dataset: CocoDataset, out_dir: Path) -> Path:
@@ -130,6 +200,10 @@ class Detectron2Detector(DetectorAdapter):
 
         out_dir = Path(out_dir)
         cats = CategoryMap.from_dataset(dataset)
+        start = self.start_weights()
+        if start is not None:
+            start = checkpoint_dict(start, Path(self.cfg.weights))
+            self._start = None
         device = resolve_device(self.cfg.device)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1 and not torch.distributed.is_initialized():
@@ -138,7 +212,7 @@ class Detectron2Detector(DetectorAdapter):
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         c = self._build_cfg(len(cats), device)
         s = self.cfg.schedule
-        n = len(dataset.images)
+        n = training_image_count(dataset, s.empty_images)
         iters = s.iterations or max(1, -(-n // s.batch_size)) * (s.epochs or 1)
         c.SOLVER.MAX_ITER = iters
         c.SOLVER.STEPS = tuple(int(iters * f) for f in (0.67, 0.89)) if iters >= 10 else ()
@@ -153,8 +227,10 @@ class Detectron2Detector(DetectorAdapter):
 
         seed_all_rng(s.seed + comm.get_rank())
         model = build_model(c)
-        if self.cfg.weights:
-            _Checkpointer(model).load(self.cfg.weights)
+        if start is not None:
+            report = load_into(model, start, Path(self.cfg.weights))
+            if comm.is_main_process():
+                report.write(out_dir)
         if world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[comm.get_local_rank()] if c.MODEL.DEVICE == "cuda" else None

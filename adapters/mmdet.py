@@ -6,8 +6,11 @@ the schedule and the class count, and trains with MMEngine's `Runner` (so
 ``torchrun --nproc_per_node N -m adapters train ...`` trains on N GPUs with
 ``launcher='pytorch'``). The model config's ``options`` are dotted MMEngine config keys
 merged last (``{model.rpn_head.anchor_generator.scales: [4]}``). Checkpoints are read by
-the adapter: MMEngine's loader calls ``torch.load`` with torch's default, which since
-torch 2.6 refuses MMEngine's own checkpoints.
+the adapter without running code (`adapters.base.load_weights`: ``torch.load(weights_only=True)``),
+never by MMEngine's loader: an MMDetection model-zoo ``.pth`` (``{state_dict, meta}``) and the
+checkpoints CXRFuse writes hold tensors and plain data. Starting from weights made for other
+classes loads every tensor whose name and shape fit; the box head's ``fc_cls`` and
+class-specific ``fc_reg`` start as initialised (``OUT/weights_report.json``).
 """
 
 from __future__ import annotations
@@ -25,24 +28,21 @@ from adapters.base import (
     DetectorAdapter,
     LossLog,
     batched,
-    load_torch_file,
     read_image_bgr,
     resolve_device,
-    save_torch_file,
     to_detections,
+    training_image_count,
 )
+from adapters.weights import save_torch_file, tensor_dict, transfer_weights
 from core.coco import CocoDataset
 from core.detections import Detections
 
 
 def _state_dict(ckpt: Any, path: Path) -> dict:
-    if isinstance(ckpt, dict):
-        for key in ("state_dict", "model"):
-            if key in ckpt and isinstance(ckpt[key], dict):
-                return ckpt[key]
-        if ckpt and all(hasattr(v, "shape") for v in ckpt.values()):
-            return ckpt
-    raise AdapterError(f"{path}: not an MMDetection checkpoint (no 'state_dict')")
+    try:
+        return tensor_dict(ckpt, path, ("state_dict", "model"))
+    except AdapterError:
+        raise AdapterError(f"{path}: not an MMDetection checkpoint (no 'state_dict')") from None
 
 
 class MMDetDetector(DetectorAdapter):
@@ -85,24 +85,51 @@ class MMDetDetector(DetectorAdapter):
             c.merge_from_dict(dict(self.cfg.options))
         return c
 
+    def _train_dataset(self, dataset: CocoDataset, cats: CategoryMap) -> dict:
+        """The MMDetection training dataset config; ``schedule.empty_images`` sets ``filter_empty_gt``."""
+        train_pipe, _ = self._pipelines()
+        return dict(
+            type="CocoDataset",
+            data_root="",
+            ann_file=str(Path(dataset.path).resolve()),
+            data_prefix=dict(img=str(Path(dataset.root).resolve()) + os.sep),
+            metainfo=dict(classes=cats.names),
+            filter_cfg=dict(filter_empty_gt=self.cfg.schedule.empty_images == "drop", min_size=1),
+            pipeline=train_pipe,
+        )
+
+    def training_images(self, dataset: CocoDataset, out_dir: Path | None = None) -> int:
+        """How many images MMDetection's training dataset holds for ``dataset`` under ``schedule.empty_images``.
+
+        The dataset the runner's train dataloader builds (`_train_dataset`), built without training;
+        ``dataset`` must have been written to a file (its ``path``).
+        """
+        import mmdet  # noqa: F401  (framework import, only here)
+        from mmdet.registry import DATASETS
+        from mmdet.utils import register_all_modules
+
+        register_all_modules(init_default_scope=True)
+        return len(DATASETS.build(self._train_dataset(dataset, CategoryMap.from_dataset(dataset))))
+
     # ------------------------------------------------------------------ train
     def train(self, dataset: CocoDataset, out_dir: Path) -> Path:
         import mmdet  # noqa: F401  (framework import, only here)
         from mmengine.hooks import Hook
         from mmengine.runner import Runner
-        from mmengine.runner.checkpoint import load_state_dict
 
         out_dir = Path(out_dir).resolve()
         cats = CategoryMap.from_dataset(dataset)
+        start = self.start_weights()
+        init = (_state_dict(start, Path(self.cfg.weights)), self.cfg.weights) if start is not None else None
+        self._start = None
         ids = [int(c["id"]) for c in dataset.categories]
         if ids != sorted(ids):
             raise AdapterError(f"{dataset.path}: categories must be listed in id order for MMDetection")
         device = resolve_device(self.cfg.device)
         s = self.cfg.schedule
-        n = len(dataset.images)
+        n = training_image_count(dataset, s.empty_images)
         steps_per_epoch = max(1, -(-n // s.batch_size))
         iters = s.iterations or steps_per_epoch * (s.epochs or 1)
-        train_pipe, _ = self._pipelines()
         c = self._mm_cfg(cats)
         c.work_dir = str(out_dir / "mmdet")
         c.train_dataloader = dict(
@@ -111,15 +138,7 @@ class MMDetDetector(DetectorAdapter):
             persistent_workers=s.workers > 0,
             sampler=dict(type="InfiniteSampler", shuffle=True),
             batch_sampler=dict(type="AspectRatioBatchSampler"),
-            dataset=dict(
-                type="CocoDataset",
-                data_root="",
-                ann_file=str(Path(dataset.path).resolve()),
-                data_prefix=dict(img=str(Path(dataset.root).resolve()) + os.sep),
-                metainfo=dict(classes=cats.names),
-                filter_cfg=dict(filter_empty_gt=True, min_size=1),
-                pipeline=train_pipe,
-            ),
+            dataset=self._train_dataset(dataset, cats),
         )
         c.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters + 1)
         for k in (
@@ -180,17 +199,16 @@ class MMDetDetector(DetectorAdapter):
             os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # MMEngine takes a visible GPU on its own
         runner = Runner.from_cfg(c)
         log = LossLog(out_dir / "loss.csv")
-        init_weights = self.cfg.weights
 
         class CxrfuseHook(Hook):
             priority = "LOWEST"
 
             def before_train(self, runner) -> None:
-                if init_weights:  # after MMEngine's own init_weights, which would overwrite them
+                if init is not None:  # after MMEngine's own init_weights, which would overwrite them
                     model = runner.model.module if hasattr(runner.model, "module") else runner.model
-                    load_state_dict(
-                        model, _state_dict(load_torch_file(init_weights), Path(init_weights)), strict=False
-                    )
+                    report = transfer_weights(model, *init)
+                    if runner.rank == 0:
+                        report.write(out_dir)
 
             def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
                 if runner.rank != 0 or not outputs:

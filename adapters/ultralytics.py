@@ -1,18 +1,32 @@
 """Ultralytics YOLOv8 / YOLOv5u behind the common interface.
 
 Training exports the COCO dataset to Ultralytics' layout (`convert.yolo`), trains with
-Ultralytics' own trainer (which also runs multi-GPU DDP for ``device: 0,1``) and copies
-the best weights to ``OUT/weights.pt``. Everything runs offline: ``YOLO_OFFLINE`` is set,
+Ultralytics' own trainer (which also runs multi-GPU DDP for ``device: 0,1``) and writes the
+best weights to ``OUT/weights.pt``. Everything runs offline: ``YOLO_OFFLINE`` is set,
 plots (which fetch a font) are off, and the AMP check (which fetches weights) is replaced by
 "AMP on" for CUDA devices.
+
+``OUT/weights.pt`` is not Ultralytics' own checkpoint (a pickle of the model object, which
+only a full unpickle can read) but tensors and plain data that load with
+``torch.load(weights_only=True)``: ``{format: "cxrfuse-ultralytics", framework, model_yaml,
+state_dict, cxrfuse_categories, image_size, ...}``; predicting rebuilds the network from
+``model_yaml`` (Ultralytics' model dict) and loads the state dict into it. Ultralytics' own
+``.pt`` files (a COCO-pretrained ``yolov8s.pt``) need ``trust_weights`` to be read, to start
+from or to predict with; a plain state dict of a YOLO model starts a training without it.
+Starting from weights made for other classes loads every tensor whose name and shape fit the
+new model; the Detect head's classification branch (``cv3``) then starts as initialised
+(`adapters.base.WeightsReport` in ``OUT/weights_report.json`` says what was loaded).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,14 +36,16 @@ from adapters.base import (
     DetectorAdapter,
     LossLog,
     batched,
-    load_torch_file,
     read_image_bgr,
     resolve_device,
-    save_torch_file,
     to_detections,
 )
+from adapters.weights import save_torch_file, tensor_dict, transfer_weights
 from core.coco import CocoDataset
 from core.detections import Detections
+
+#: ``format`` of the checkpoints this adapter writes
+CHECKPOINT_FORMAT = "cxrfuse-ultralytics"
 
 
 def _import():
@@ -38,6 +54,25 @@ def _import():
     from ultralytics import YOLO
 
     return YOLO
+
+
+def _network(model_yaml: dict, names: tuple[str, ...]) -> Any:
+    """An Ultralytics detection network built from its model dict for ``len(names)`` classes."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    net = DetectionModel(copy.deepcopy(model_yaml), nc=len(names), verbose=False)
+    net.names = dict(enumerate(names))
+    return net
+
+
+def _pickled_network(ckpt: Any) -> Any:
+    """The model object of a trusted Ultralytics checkpoint (EMA first), or None."""
+    import torch
+
+    if not isinstance(ckpt, dict):
+        return None
+    net = ckpt.get("ema") or ckpt.get("model")
+    return net if isinstance(net, torch.nn.Module) else None
 
 
 class UltralyticsDetector(DetectorAdapter):
@@ -50,43 +85,125 @@ class UltralyticsDetector(DetectorAdapter):
             return str(self.cfg.model_path())
         return self.cfg.model
 
-    def _load(self):
+    def _wrap(self, net: Any) -> Any:
+        """A ``YOLO`` object (Ultralytics' predict API) around the network ``net``."""
+        import yaml
+
         YOLO = _import()
+        # a neutral file name: Ultralytics maps names like yolov5nu.yaml to its own unified files
+        # (yolov5u.yaml + scale), which do not exist beside this temporary copy; the dict holds the scale
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.yaml"
+            path.write_text(yaml.safe_dump(net.yaml, sort_keys=False))
+            model = YOLO(str(path), task="detect")
+        net.args, net.task = model.model.args, "detect"
+        model.model = net.float().eval()
+        return model
+
+    def _load(self):
         if self._model is not None:
             return self._model
+        _import()
         ckpt = self._checkpoint()
-        if not isinstance(ckpt, dict) or "model" not in ckpt:
-            raise AdapterError(f"{self.weights}: not an Ultralytics checkpoint (no 'model' entry)")
-        cats = ckpt.get("cxrfuse_categories")
-        names = getattr(ckpt["model"], "names", None)
-        if cats is not None:
-            self.categories = CategoryMap.from_json(cats)
-        elif names is not None:  # a checkpoint from plain Ultralytics: ids are its indices
-            self.categories = CategoryMap(
-                tuple(range(len(names))), tuple(names[i] for i in range(len(names)))
+        if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+            for key in ("model_yaml", "state_dict", "cxrfuse_categories"):
+                if key not in ckpt:
+                    raise AdapterError(f"{self.weights}: CXRFuse Ultralytics checkpoint lacks {key!r}")
+            self.categories = CategoryMap.from_json(ckpt["cxrfuse_categories"])
+            net = _network(ckpt["model_yaml"], self.categories.names)
+            state = ckpt["state_dict"]
+        elif (net := _pickled_network(ckpt)) is not None:  # Ultralytics' own file, read with trust_weights
+            cats = ckpt.get("cxrfuse_categories")
+            names = getattr(net, "names", None) or {}
+            if cats is not None:
+                self.categories = CategoryMap.from_json(cats)
+            else:  # a checkpoint from plain Ultralytics: ids are its indices
+                self.categories = CategoryMap(tuple(range(len(names))), tuple(names[i] for i in range(len(names))))
+            net = net.float()
+            state = net.state_dict()
+        elif isinstance(ckpt, dict) and ckpt and all(hasattr(v, "shape") for v in ckpt.values()):
+            raise AdapterError(
+                f"{self.weights}: a state dict without a class list; predict with weights written by "
+                "`python -m adapters train` (a state dict can start a training: weights: in the config)"
             )
-        self._model = YOLO(str(self.weights), task="detect")
+        else:
+            raise AdapterError(f"{self.weights}: not an Ultralytics checkpoint (no 'model' entry)")
+        self._check_fits(net, state)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        self._model = self._wrap(net)
         return self._model
+
+    def _start_state_dict(self, start: Any) -> dict[str, Any]:
+        """The state dict of the start weights: ours, Ultralytics' own (trusted) or a plain one."""
+        if isinstance(start, dict) and start.get("format") == CHECKPOINT_FORMAT:
+            return tensor_dict(start, self.cfg.weights, ("state_dict",))
+        net = _pickled_network(start)
+        if net is not None:
+            return net.float().state_dict()
+        return tensor_dict(start, self.cfg.weights, ("state_dict", "model"))
+
+    def _export(self, dataset: CocoDataset, out_dir: Path) -> Path:
+        """Ultralytics' layout of ``dataset`` (and the config's val set) under ``out_dir/yolo_data``.
+
+        ``schedule.empty_images: drop`` leaves the training images without a box out (their image
+        and label files); with ``keep`` Ultralytics trains on them as background.
+
+        Returns:
+            The data YAML.
+        """
+        from convert.yolo import coco_to_yolo
+
+        val_path = Path(self.cfg.dataset.get("val") or dataset.path)
+        data_yaml = coco_to_yolo(Path(dataset.path), val_path, out_dir / "yolo_data")
+        if self.cfg.schedule.empty_images == "drop":
+            root = out_dir / "yolo_data"
+            for iid in dataset.image_ids:
+                if dataset.annotations_of(iid):
+                    continue
+                stem = Path(dataset.image(iid)["file_name"]).stem
+                (root / "images" / "train" / f"{stem}{dataset.image_path(iid).suffix}").unlink(missing_ok=True)
+                (root / "labels" / "train" / f"{stem}.txt").unlink(missing_ok=True)
+        return data_yaml
+
+    def training_images(self, dataset: CocoDataset, out_dir: Path) -> int:
+        """How many images Ultralytics' training dataset holds for ``dataset`` under ``schedule.empty_images``.
+
+        Exports the data into ``out_dir`` (as `train` does) and builds Ultralytics' own
+        ``YOLODataset`` of the training images, without training.
+        """
+        _import()
+        from ultralytics.data.dataset import YOLODataset
+        from ultralytics.data.utils import check_det_dataset
+
+        out_dir = Path(out_dir).resolve()
+        data = check_det_dataset(str(self._export(dataset, out_dir)))
+        ds = YOLODataset(img_path=str(data["train"]), data=data, imgsz=self.cfg.image_size, augment=False)
+        return len(ds.im_files)
 
     # ------------------------------------------------------------------ train
     def train(self, dataset: CocoDataset, out_dir: Path) -> Path:
         YOLO = _import()
         from ultralytics.engine import trainer as ul_trainer
 
-        from convert.yolo import coco_to_yolo
-
         out_dir = Path(out_dir).resolve()
         cats = CategoryMap.from_dataset(dataset)
-        val_path = Path(self.cfg.dataset.get("val") or dataset.path)
-        data_yaml = coco_to_yolo(Path(dataset.path), val_path, out_dir / "yolo_data")
+        start = self.start_weights()
+        start_state = self._start_state_dict(start) if start is not None else None
+        self._start = start = None
+        data_yaml = self._export(dataset, out_dir)
         device = resolve_device(self.cfg.device)
         s = self.cfg.schedule
         if s.iterations is not None and s.epochs is None:
             raise AdapterError(f"{self.cfg.source}: Ultralytics trains in epochs; set schedule.epochs")
         model = YOLO(self._model_yaml(), task="detect")
-        if self.cfg.weights:
-            load_torch_file(self.cfg.weights)  # clear error for a missing/damaged file before Ultralytics
-            model.load(self.cfg.weights)
+        if start_state is not None:
+            # the network Ultralytics' trainer builds (this many classes), filled from the file; the
+            # trainer starts from it (it copies every tensor, all shapes being the same)
+            net = _network(model.model.yaml, cats.names)
+            transfer_weights(net, start_state, self.cfg.weights).write(out_dir)
+            net.args, net.task = model.model.args, "detect"
+            model.model, model.ckpt, model.ckpt_path = net, {"model": net}, None
+            model.overrides.pop("pretrained", None)
         amp = bool(self.cfg.options.get("amp", device != "cpu"))
         if amp:
             ul_trainer.check_amp = lambda *a, **k: True  # the real check downloads weights
@@ -137,9 +254,22 @@ class UltralyticsDetector(DetectorAdapter):
         src = best if best.is_file() else save_dir / "weights" / "last.pt"
         if not src.is_file():
             raise AdapterError(f"Ultralytics wrote no weights under {save_dir / 'weights'}")
-
-        ckpt = load_torch_file(src)
-        ckpt["cxrfuse_categories"] = cats.to_json()
+        # after training, Ultralytics holds the network of the file it just wrote (best, else last)
+        net = model.model
+        if not hasattr(net, "yaml") or not hasattr(net, "state_dict"):
+            raise AdapterError(f"Ultralytics kept no trained network after training ({src})")
+        ckpt = {
+            "format": CHECKPOINT_FORMAT,
+            "framework": "ultralytics",
+            "model_yaml": copy.deepcopy(net.yaml),
+            # FP16 like Ultralytics' own files; predicting loads it into an FP32 network
+            "state_dict": {
+                k: (v.half() if v.is_floating_point() else v).detach().cpu() for k, v in net.state_dict().items()
+            },
+            "cxrfuse_categories": cats.to_json(),
+            "image_size": self.cfg.image_size,
+            "ultralytics_weights": str(src.relative_to(out_dir) if src.is_relative_to(out_dir) else src),
+        }
         save_torch_file(out_dir / "weights.pt", ckpt)
         shutil.rmtree(out_dir / "yolo_data" / "labels", ignore_errors=True)  # a cache, rebuilt on demand
         self.weights, self._model, self.categories = out_dir / "weights.pt", None, cats

@@ -7,12 +7,18 @@ import sys
 import time
 from pathlib import Path
 
+from core.cli import add_common_flags, one_line, run_cli
+from core.io import check_out_dir, check_out_file
+
 EPILOG = """examples:
   python -m convert synth vinbig --out work/raw --n-images 60 --seed 0
   python -m convert vinbig --csv work/raw/train.csv --images work/raw/train --out work/coco --size 512
   python -m convert vinbig --csv train.csv --size-table train_meta.csv --labels-only --annotators raw --out coco_labels
   python -m convert vinbig --csv train.csv --images png_1024 --size-table train_meta.csv --out coco
   python -m convert rsna --labels stage_2_train_labels.csv --images stage_2_train_images --out rsna_coco
+  python -m convert vinbig --images test --ids sample_submission.csv --out coco_test      # unlabelled
+  python -m convert vinbig --ids sample_submission.csv --size-table test_meta.csv --labels-only --out coco_test
+  python -m convert rsna --images stage_2_test_images --ids stage_2_sample_submission.csv --out rsna_test
   python -m convert yolo --train work/coco/train.json --val work/coco/val.json --out work/yolo
   python -m convert submission --dataset work/coco/val.json --preds preds/wbf.json --gate preds/gate.json --out sub.csv
 """
@@ -47,6 +53,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the fold split")
     p.add_argument("--workers", type=int, default=1, help="processes for image work (default 1)")
     p.add_argument(
+        "--ids",
+        type=Path,
+        help="unlabelled images only (no label CSV): the id list (Kaggle's sample submission) that the "
+        "images must match one for one",
+    )
+    p.add_argument(
         "--on-error",
         choices=("raise", "skip"),
         default="raise",
@@ -76,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1)
 
-    p = sub.add_parser("vinbig", help="VinBigData train.csv + DICOMs (or PNGs + size table) → COCO")
-    p.add_argument("--csv", type=Path, required=True, help="VinBigData train.csv")
+    p = sub.add_parser(
+        "vinbig", help="VinBigData train.csv + DICOMs (or PNGs + size table) → COCO; without --csv: unlabelled"
+    )
+    p.add_argument("--csv", type=Path, help="VinBigData train.csv; leave out for unlabelled (test) images")
     _common(p)
     p.add_argument(
         "--annotators",
@@ -87,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--iou-thr", type=float, default=0.4, help="IoU of the annotator fusion (default 0.4)")
 
-    p = sub.add_parser("rsna", help="RSNA stage_2_train_labels.csv + DICOMs → COCO")
-    p.add_argument("--labels", type=Path, required=True, help="stage_2_train_labels.csv")
+    p = sub.add_parser(
+        "rsna", help="RSNA stage_2_train_labels.csv + DICOMs → COCO; without --labels: unlabelled"
+    )
+    p.add_argument(
+        "--labels", type=Path, help="stage_2_train_labels.csv; leave out for unlabelled (test) images"
+    )
     p.add_argument(
         "--class-info", type=Path, help="stage_2_detailed_class_info.csv, checked against the labels"
     )
@@ -106,77 +124,115 @@ def build_parser() -> argparse.ArgumentParser:
         "--gate", type=Path, help="gate scores [{image_id, p_abnormal}] for the 'No finding' row (vinbig)"
     )
     p.add_argument("--kind", choices=("vinbig", "rsna"), default="vinbig")
+    p.add_argument(
+        "--ids",
+        type=Path,
+        help="the id list (sample submission) the rows must match one for one, checked before writing",
+    )
     p.add_argument("--out", type=Path, required=True)
 
     p = sub.add_parser("summary", help="print a COCO dataset's summary")
     p.add_argument("dataset", type=Path)
-    return parser
+    return add_common_flags(parser)
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from convert import synth
+
+    check_out_dir(args.out)
+
+    if args.kind == "vinbig":
+        kw = {"classes": tuple(range(14))} if args.all_classes else {}
+        out = synth.make_vinbig(
+            args.out,
+            n_images=args.n_images,
+            seed=args.seed,
+            sizes=(args.min_size, args.max_size),
+            workers=args.workers,
+            **kw,
+        )
+    else:
+        out = synth.make_rsna(args.out, n_images=args.n_images, seed=args.seed, size=args.size)
+    print(f"wrote a synthetic {args.kind} raw dataset to {out}")
+
+
+def _dataset(args: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    common = dict(
+        images_dir=args.images,
+        size_table=args.size_table,
+        labels_only=args.labels_only,
+        size=args.size or None,
+        n_folds=args.folds,
+        val_fold=args.val_fold,
+        seed=args.seed,
+        workers=args.workers,
+        on_error=args.on_error,
+        ids=args.ids,
+    )
+    if args.verb == "vinbig":
+        from convert.vinbig import convert_vinbig
+
+        ds = convert_vinbig(args.csv, args.out, annotators=args.annotators, iou_thr=args.iou_thr, **common)
+        labelled = args.csv is not None
+    else:
+        from convert.rsna import convert_rsna
+
+        ds = convert_rsna(args.labels, args.out, class_info=args.class_info, **common)
+        labelled = args.labels is not None
+    print(ds.summary())
+    what = "all.json, train.json, val.json and fold files" if labelled else "all.json (unlabelled, no folds)"
+    print(f"wrote {args.out}/{what} in {time.perf_counter() - t0:.1f} s")
+
+
+def _yolo(args: argparse.Namespace) -> None:
+    from convert.yolo import coco_to_yolo
+
+    check_out_dir(args.out)
+    print(f"wrote {coco_to_yolo(args.train, args.val, args.out)}")
+
+
+def _submission(args: argparse.Namespace) -> None:
+    from convert.submission import write_submission
+
+    check_out_file(args.out)
+    print(
+        f"wrote {write_submission(args.dataset, args.preds, args.out, kind=args.kind, gate_path=args.gate, ids=args.ids)}"
+    )
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from core.coco import CocoDataset
+
+    print(CocoDataset.load(args.dataset).summary())
+
+
+_VERBS = {
+    "synth": _synth,
+    "vinbig": _dataset,
+    "rsna": _dataset,
+    "yolo": _yolo,
+    "submission": _submission,
+    "summary": _summary,
+}
+
+
+def dispatch(args: argparse.Namespace) -> None:
+    """Run the verb ``args.verb``.
+
+    Raises:
+        ConversionError: for a key the input lacks (a ``KeyError`` from a COCO file or a table).
+    """
+    from convert.common import ConversionError
+
+    try:
+        _VERBS[args.verb](args)
+    except KeyError as e:
+        raise ConversionError(one_line(e)) from e
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        if args.verb == "synth":
-            from convert import synth
-
-            if args.kind == "vinbig":
-                kw = {"classes": tuple(range(14))} if args.all_classes else {}
-                out = synth.make_vinbig(
-                    args.out,
-                    n_images=args.n_images,
-                    seed=args.seed,
-                    sizes=(args.min_size, args.max_size),
-                    workers=args.workers,
-                    **kw,
-                )
-            else:
-                out = synth.make_rsna(args.out, n_images=args.n_images, seed=args.seed, size=args.size)
-            print(f"wrote a synthetic {args.kind} raw dataset to {out}")
-        elif args.verb in ("vinbig", "rsna"):
-            common = dict(
-                images_dir=args.images,
-                size_table=args.size_table,
-                labels_only=args.labels_only,
-                size=args.size or None,
-                n_folds=args.folds,
-                val_fold=args.val_fold,
-                seed=args.seed,
-                workers=args.workers,
-                on_error=args.on_error,
-            )
-            if args.verb == "vinbig":
-                from convert.vinbig import convert_vinbig
-
-                ds = convert_vinbig(
-                    args.csv, args.out, annotators=args.annotators, iou_thr=args.iou_thr, **common
-                )
-            else:
-                from convert.rsna import convert_rsna
-
-                ds = convert_rsna(args.labels, args.out, class_info=args.class_info, **common)
-            print(ds.summary())
-            print(
-                f"wrote {args.out}/all.json, train.json, val.json and fold files in {time.perf_counter() - t0:.1f} s"
-            )
-        elif args.verb == "yolo":
-            from convert.yolo import coco_to_yolo
-
-            print(f"wrote {coco_to_yolo(args.train, args.val, args.out)}")
-        elif args.verb == "submission":
-            from convert.submission import write_submission
-
-            print(
-                f"wrote {write_submission(args.dataset, args.preds, args.out, kind=args.kind, gate_path=args.gate)}"
-            )
-        elif args.verb == "summary":
-            from core.coco import CocoDataset
-
-            print(CocoDataset.load(args.dataset).summary())
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(build_parser(), dispatch, argv)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +16,13 @@ import numpy as np
 from convert.folds import assign_folds
 from convert.images import ImageJob, convert_image, find_images, parallel_map, source_size, target_size
 from core.coco import CocoDataset
-from core.io import atomic_open
+from core.errors import UserError
+from core.io import atomic_open, check_out_dir
+
+log = logging.getLogger(__name__)
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """Bad input found while converting; the message names the file and row."""
 
 
@@ -62,28 +67,79 @@ def parse_float(value: str) -> float:
     return float(value) if value.strip() != "" else math.nan
 
 
+@contextmanager
+def open_csv(path: Path, columns: Sequence[str], what: str) -> Iterator[csv.DictReader]:
+    """A `csv.DictReader` over a user's CSV whose header is checked; the file is closed on exit.
+
+    Any valid CSV is read: UTF-8 with or without a byte-order mark (as Excel saves it), LF or CRLF
+    line ends, quoted fields. Extra columns are allowed.
+
+    Args:
+        path: the CSV file.
+        columns: the columns it must have.
+        what: what the file is, for the messages (e.g. "VinBigData label file").
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+        ConversionError: naming the file, if it is empty, its header lacks one of ``columns`` or
+            names a column twice, or it is not UTF-8 text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    expected = ",".join(columns)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames
+            if not header:
+                raise ConversionError(f"{path}: empty file; expected a header {expected}")
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:
+                raise ConversionError(f"{path}: the header names column(s) {twice} twice; expected {expected}")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise ConversionError(f"{path}: missing columns {missing}; expected {expected}")
+            yield reader
+    except UnicodeDecodeError as e:
+        raise ConversionError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 CSV") from None
+
+
+def field_count_problem(reader: csv.DictReader, row: Mapping) -> str | None:
+    """What is wrong with a row of more or fewer fields than the header, or None if it has as many."""
+    n_header = len(reader.fieldnames or ())
+    if None in row:  # more values than columns: DictReader keeps the rest under None
+        return f"{n_header + len(row[None])} fields; the header has {n_header}"
+    if any(v is None for v in row.values()):  # fewer: the missing ones are None
+        return f"{sum(v is not None for v in row.values())} fields; the header has {n_header}"
+    return None
+
+
 def read_size_table(path: Path) -> dict[str, tuple[int, int]]:
     """``image_id,dim0,dim1`` (original height, width) → ``{image_id: (width, height)}``.
 
     Raises:
         FileNotFoundError, ConversionError: naming the file and row.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: size table not found")
     out: dict[str, tuple[int, int]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"image_id", "dim0", "dim1"} - set(reader.fieldnames or [])
-        if missing:
-            raise ConversionError(f"{path}: missing columns {sorted(missing)} (expected image_id,dim0,dim1)")
+    with open_csv(path, ("image_id", "dim0", "dim1"), "size table") as reader:
         for row_no, r in enumerate(reader, start=2):
+            bad = field_count_problem(reader, r)
+            if bad:
+                raise ConversionError(f"{path}, row {row_no}: {bad}")
+            key = r["image_id"].strip()
+            if not key:
+                raise ConversionError(f"{path}, row {row_no}: empty image_id")
             try:
                 h, w = int(float(r["dim0"])), int(float(r["dim1"]))
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise ConversionError(f"{path}, row {row_no}: dim0/dim1 not integers: {r}") from None
             if h <= 0 or w <= 0:
                 raise ConversionError(f"{path}, row {row_no}: non-positive size {h}x{w}")
-            out[r["image_id"]] = (w, h)
+            if out.get(key, (w, h)) != (w, h):
+                ow, oh = out[key]
+                raise ConversionError(f"{path}, row {row_no}: image {key} is {h}x{w} here but {oh}x{ow} above")
+            out[key] = (w, h)
     return out
 
 
@@ -129,6 +185,34 @@ class BuildOptions:
     seed: int = 0
     on_error: str = "raise"  # raise | skip
     default_size: tuple[int, int] | None = None  # (w, h) when neither images nor a size table give one
+    unlabelled: bool = False  # images with no labels: every image, no annotations, no folds
+
+    def check(self) -> None:
+        """Refuse options that are out of range or contradict each other, before anything is read or written.
+
+        Raises:
+            ConversionError: naming the command-line flag at fault (``--size``, ``--folds``,
+                ``--val-fold``, ``--workers``, ``--on-error``, ``--labels-only``).
+            UserError: for an ``out_dir`` that is an existing file (`core.io.check_out_dir`).
+        """
+        if self.size is not None and self.size < 0:
+            raise ConversionError(f"--size must be >= 0 (0 keeps the original size), got {self.size}")
+        if self.unlabelled:
+            pass  # an unlabelled set has no folds
+        elif self.n_folds < 2:
+            raise ConversionError(f"--folds must be >= 2 (a split needs a train and a val part), got {self.n_folds}")
+        if not self.unlabelled and not 0 <= self.val_fold < self.n_folds:
+            raise ConversionError(
+                f"--val-fold must be one of the folds 0..{self.n_folds - 1} (--folds {self.n_folds}), "
+                f"got {self.val_fold}"
+            )
+        if self.workers < 0:
+            raise ConversionError(f"--workers must be >= 0, got {self.workers}")
+        if self.on_error not in ("raise", "skip"):
+            raise ConversionError(f"--on-error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.labels_only and self.images_dir is not None:
+            raise ConversionError("--labels-only and --images exclude each other")
+        check_out_dir(self.out_dir)
 
 
 def build_dataset(
@@ -143,15 +227,17 @@ def build_dataset(
 
     Writes under ``opts.out_dir``: ``images/<key>.png``, ``all.json``,
     ``fold{k}_train.json``/``fold{k}_val.json`` for every fold, ``train.json``/
-    ``val.json`` for ``opts.val_fold``, and ``skipped.csv`` when anything was skipped.
+    ``val.json`` for ``opts.val_fold``, and ``skipped.csv`` when anything was skipped. An
+    unlabelled set (``opts.unlabelled``, `unlabelled_table`) gets ``all.json`` only, no folds.
 
     Raises:
-        ConversionError: listing the problems (file, row, image) when ``on_error`` is
-            ``raise``; nothing is written before the labels and sizes check out.
+        ConversionError: for options out of range (`BuildOptions.check`), or listing the problems
+            (file, row, image) when ``on_error`` is ``raise``; nothing is written before the
+            options, labels and sizes check out, and an image that cannot be decoded removes the
+            images this run wrote (and the folders it made) before the error is raised.
     """
     out = opts.out_dir
-    if opts.on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {opts.on_error!r}")
+    opts.check()
     # ---- original sizes: size table, else the images' headers
     sources: dict[str, Path] = {}
     if not opts.labels_only:
@@ -206,23 +292,34 @@ def build_dataset(
     keys = [k for k in table.image_keys if k not in bad]
 
     # ---- images
+    new_dirs = [d for d in (out, out / "images") if not d.exists()]
     out.mkdir(parents=True, exist_ok=True)
     dims: dict[str, tuple[int, int]] = {}
     if opts.labels_only:
         dims = {k: target_size(*sizes[k], opts.size) for k in keys}
     else:
         jobs = [ImageJob(k, sources[k], out / "images" / f"{k}.png", opts.size) for k in keys]
-        for res in parallel_map(convert_image, jobs, opts.workers, "converting images"):
-            if res.error:
-                if opts.on_error == "raise":
-                    raise ConversionError(f"image {res.key}: {res.error}")
-                table.problems.append(Problem(str(sources[res.key]), None, res.key, res.error))
-            else:
-                dims[res.key] = (res.width, res.height)
+        fresh = [j.out for j in jobs if not j.out.exists()]  # kept by a re-run; removed on an error
+        results = parallel_map(convert_image, jobs, opts.workers, "converting images")
+        try:
+            for res in results:
+                if res.error:
+                    if opts.on_error == "raise":
+                        src = sources[res.key]
+                        text = res.error.replace(f"{src}: {src}: ", f"{src}: ", 1)  # named once
+                        raise ConversionError(f"image {res.key}: {text}")
+                    table.problems.append(Problem(str(sources[res.key]), None, res.key, res.error))
+                else:
+                    dims[res.key] = (res.width, res.height)
+        except ConversionError:
+            results.close()  # stops the workers before the clean-up
+            _remove_new(fresh, new_dirs)
+            raise
         keys = [k for k in keys if k in dims]
     if table.problems:
         write_problem_report(out / "skipped.csv", table.problems)
-        print(f"skipped {len({p.image_key for p in table.problems})} image(s); see {out / 'skipped.csv'}")
+        n_bad = len({p.image_key for p in table.problems})
+        log.warning("skipped %d image(s); see %s", n_bad, out / "skipped.csv")
 
     # ---- annotations: fuse annotators, scale to the written image
     images, annotations = [], []
@@ -267,8 +364,10 @@ def build_dataset(
         "seed": opts.seed,
         **(extra_info or {}),
     }
+    if opts.unlabelled:
+        info = {"source": source, "size": opts.size, "split": "test", "labelled": False, **(extra_info or {})}
     ds = CocoDataset(images, annotations, coco_categories(dict(classes)), root=out, info=info)
-    n_folds = min(opts.n_folds, len(keys)) if keys else 0
+    n_folds = min(opts.n_folds, len(keys)) if keys and not opts.unlabelled else 0
     if n_folds >= 2:
         folds = assign_folds(labels_per_image, n_folds, opts.seed)
         for im in images:
@@ -284,6 +383,93 @@ def build_dataset(
                     sub.write(out / f"{name}.json")
     ds.write(out / "all.json")
     return ds
+
+
+def read_id_list(path: Path, column: str, what: str) -> list[str]:
+    """The ids of column ``column`` of an id list (a sample submission), in file order.
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+        ConversionError: naming the file and row, for a missing column, an empty or repeated id, or
+            a file with no ids.
+    """
+    ids: dict[str, int] = {}
+    with open_csv(path, (column,), what) as reader:
+        for row_no, r in enumerate(reader, start=2):
+            bad = field_count_problem(reader, r)
+            if bad:
+                raise ConversionError(f"{path}, row {row_no}: {bad}")
+            key = (r[column] or "").strip()
+            if not key:
+                raise ConversionError(f"{path}, row {row_no}: empty {column}")
+            if key in ids:
+                raise ConversionError(f"{path}, row {row_no}: {column} {key} already on row {ids[key]}")
+            ids[key] = row_no
+    if not ids:
+        raise ConversionError(f"{path}: no ids after the header")
+    return list(ids)
+
+
+def _names(keys: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(sorted(keys)[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def unlabelled_table(opts: BuildOptions, ids: Path | None, id_column: str, source: str) -> LabelTable:
+    """The `LabelTable` of unlabelled images: every image key, no boxes.
+
+    The keys are those of the id list ``ids`` when given (checked against the image folder, or the
+    size table with ``opts.labels_only``), else every image of ``opts.images_dir``, else (labels only)
+    every id of the size table.
+
+    Args:
+        opts: the build options (``unlabelled`` set).
+        ids: an id list such as Kaggle's sample submission, or None.
+        id_column: the id list's id column (``image_id``, ``patientId``).
+        source: the dataset (for the messages).
+
+    Raises:
+        FileNotFoundError: naming a missing file or folder.
+        ConversionError: naming the images the id list lacks (extra images in the folder) and the ids
+            with no image (missing images), whatever ``--on-error`` says: a test set must be whole.
+    """
+    if ids is not None:
+        keys = read_id_list(Path(ids), id_column, f"{source} id list")
+        where = Path(ids)
+    elif opts.images_dir is not None:
+        keys, where = sorted(find_images(opts.images_dir)), Path(opts.images_dir)
+    elif opts.size_table is not None:
+        keys, where = list(read_size_table(opts.size_table)), Path(opts.size_table)
+    elif opts.labels_only:
+        raise ConversionError("--labels-only without labels needs --ids ID_LIST.csv or --size-table")
+    else:
+        raise ConversionError("no image folder given: pass --images DIR (or --labels-only with --ids)")
+    if not keys:
+        raise ConversionError(f"{where}: no images")
+    if ids is not None and opts.images_dir is not None:
+        found = find_images(opts.images_dir)
+        listed = set(keys)
+        extra = [k for k in found if k not in listed]
+        missing = [k for k in keys if k not in found]
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} id(s) of {ids} have no image in {opts.images_dir}: {_names(missing)}")
+        if extra:
+            parts.append(f"{len(extra)} image(s) of {opts.images_dir} are not in {ids}: {_names(extra)}")
+        if parts:
+            raise ConversionError("; ".join(parts))
+    return LabelTable(source_file=where, image_keys=list(keys))
+
+
+def _remove_new(files: Sequence[Path], dirs: Sequence[Path]) -> None:
+    """Remove what a failed conversion wrote: ``files`` (those that exist) and ``dirs`` if empty."""
+    for f in files:
+        f.unlink(missing_ok=True)
+    for d in reversed(dirs):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (or already gone): leave it
+            pass
 
 
 def _header_size(path: Path) -> tuple[int, int] | str:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-from core.classes import RSNA_CLASSES
 from convert.common import (
     BuildOptions,
     ConversionError,
@@ -14,13 +12,19 @@ from convert.common import (
     Problem,
     SourceBox,
     build_dataset,
+    field_count_problem,
     make_fuser,
+    open_csv,
     parse_float,
+    unlabelled_table,
 )
+from core.classes import RSNA_CLASSES
 from core.coco import CocoDataset
 
 RSNA_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 RSNA_SIZE = (1024, 1024)  # every RSNA stage 2 image is 1024x1024
+#: the id column of RSNA's id list (``stage_2_sample_submission.csv``: ``patientId,PredictionString``)
+RSNA_ID_COLUMN = "patientId"
 
 
 def read_rsna_csv(path: Path) -> LabelTable:
@@ -28,21 +32,21 @@ def read_rsna_csv(path: Path) -> LabelTable:
 
     Raises:
         FileNotFoundError: if the file is missing.
-        ConversionError: if a column is missing.
+        ConversionError: if the file is empty, has no rows or is not UTF-8, or a column is missing
+            or named twice.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: RSNA label file not found")
     table = LabelTable(source_file=path, image_keys=[])
     seen: dict[str, None] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in RSNA_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConversionError(f"{path}: missing columns {missing}; expected {','.join(RSNA_COLUMNS)}")
+    with open_csv(path, RSNA_COLUMNS, "RSNA label file") as reader:
         for row_no, r in enumerate(reader, start=2):
-            key = r["patientId"].strip()
-            seen.setdefault(key, None)
+            key = (r.get("patientId") or "").strip()
+            bad = field_count_problem(reader, r) or ("" if key else "empty patientId")
+            if key:
+                seen.setdefault(key, None)
+            if bad:
+                table.problems.append(Problem(str(path), row_no, key or "?", bad))
+                continue
             target = r["Target"].strip()
             if target == "0":
                 if any(r[c].strip() for c in ("x", "y", "width", "height")):
@@ -63,6 +67,8 @@ def read_rsna_csv(path: Path) -> LabelTable:
                 table.problems.append(Problem(str(path), row_no, key, f"negative width/height {w}, {h}"))
                 continue
             table.boxes.setdefault(key, []).append(SourceBox(key, 0, x, y, x + w, y + h, None, row_no))
+    if not seen and not table.problems:
+        raise ConversionError(f"{path}: no rows after the header")
     table.image_keys = list(seen)
     return table
 
@@ -71,13 +77,19 @@ def check_class_info(path: Path, table: LabelTable) -> dict[str, str]:
     """Read ``stage_2_detailed_class_info.csv`` and check it agrees with the labels.
 
     A "Lung Opacity" patient must have boxes and any other class none.
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+        ConversionError: if the file is empty or not UTF-8, or a column is missing or named twice.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: RSNA class info file not found")
     info: dict[str, str] = {}
-    with open(path, newline="") as f:
-        for row_no, r in enumerate(csv.DictReader(f), start=2):
-            key, cls = r.get("patientId", ""), r.get("class", "")
+    with open_csv(path, ("patientId", "class"), "RSNA class info file") as reader:
+        for row_no, r in enumerate(reader, start=2):
+            bad = field_count_problem(reader, r)
+            if bad:
+                table.problems.append(Problem(str(path), row_no, (r.get("patientId") or "?").strip(), bad))
+                continue
+            key, cls = r["patientId"].strip(), r["class"].strip()
             if key in info and info[key] != cls:
                 table.problems.append(
                     Problem(str(path), row_no, key, f"class {cls!r} disagrees with {info[key]!r}")
@@ -91,9 +103,10 @@ def check_class_info(path: Path, table: LabelTable) -> dict[str, str]:
 
 
 def convert_rsna(
-    labels_csv: Path,
+    labels_csv: Path | None,
     out_dir: Path,
     *,
+    ids: Path | None = None,
     class_info: Path | None = None,
     images_dir: Path | None = None,
     size_table: Path | None = None,
@@ -109,10 +122,20 @@ def convert_rsna(
 
     With ``labels_only`` and no size table, every image is taken as 1024x1024,
     the size of all RSNA stage 2 images.
+
+    Without ``labels_csv`` the images are unlabelled (the test set): ``all.json`` holds every image
+    of ``images_dir`` (or of the id list ``ids``, ``stage_2_sample_submission.csv``, checked
+    against the folder) and no annotations, and no folds are written.
+
+    Raises:
+        FileNotFoundError: naming a missing input.
+        ConversionError: naming the flag out of range, or the file and row of bad input, or an
+            image the id list lacks or an id with no image; nothing is written then.
     """
-    table = read_rsna_csv(labels_csv)
-    if class_info is not None:
-        check_class_info(Path(class_info), table)
+    if labels_csv is not None and ids is not None:
+        raise ConversionError("--ids lists unlabelled images: give it without --labels")
+    if labels_csv is None and class_info is not None:
+        raise ConversionError("--class-info needs --labels")
     opts = BuildOptions(
         out_dir=Path(out_dir),
         images_dir=images_dir,
@@ -125,7 +148,13 @@ def convert_rsna(
         seed=seed,
         on_error=on_error,
         default_size=RSNA_SIZE,
+        unlabelled=labels_csv is None,
     )
-    if labels_only and images_dir is not None:
-        raise ConversionError("--labels-only and --images exclude each other")
+    opts.check()  # bad flags fail before the CSVs are read
+    if labels_csv is None:
+        table = unlabelled_table(opts, ids, RSNA_ID_COLUMN, "RSNA")
+        return build_dataset(table, RSNA_CLASSES, make_fuser("raw"), opts, source="rsna")
+    table = read_rsna_csv(labels_csv)
+    if class_info is not None:
+        check_class_info(Path(class_info), table)
     return build_dataset(table, RSNA_CLASSES, make_fuser("raw"), opts, source="rsna")

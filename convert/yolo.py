@@ -36,19 +36,23 @@ def coco_to_yolo(train_json: Path, val_json: Path, out_dir: Path) -> Path:
     (``category_ids``) so predictions can be mapped back exactly.
 
     Raises:
-        ValueError: if the two files' categories differ.
+        FileNotFoundError: naming an image that is missing (before anything is written).
+        ValueError: if the two files' categories differ, or as `core.coco.CocoDataset.image_path`.
     """
     out_dir = Path(out_dir).resolve()
     train, val = CocoDataset.load(train_json), CocoDataset.load(val_json)
     if train.category_names != val.category_names:
         raise ValueError(f"{train_json} and {val_json} have different categories")
     index = class_index(train)
+    for ds in (train, val):  # every image is checked before anything is written
+        for iid in ds.image_ids:
+            src = ds.image_path(iid)
+            if not src.is_file():
+                raise FileNotFoundError(f"{src}: image {iid} of {ds.path} not found")
     for split, ds in (("train", train), ("val", val)):
         for iid in ds.image_ids:
             im = ds.image(iid)
             src = ds.image_path(iid)
-            if not src.is_file():
-                raise FileNotFoundError(f"{src}: image {iid} of {ds.path} not found")
             stem = Path(im["file_name"]).stem
             _link(src, out_dir / "images" / split / f"{stem}{src.suffix}")
             lines = []

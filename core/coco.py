@@ -12,13 +12,19 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
 from core.detections import Detections
+from core.errors import UserError
 from core.io import read_json, write_json
+
+
+class UnsafePathError(UserError):
+    """A dataset names a file outside its own folder; the message names the image id and file_name."""
+
 
 REQUIRED_IMAGE_KEYS = ("id", "file_name", "width", "height")
 REQUIRED_ANN_KEYS = ("id", "image_id", "category_id", "bbox")
@@ -67,8 +73,25 @@ class CocoDataset:
             raise KeyError(f"image id {image_id} is not in {self.path or 'the dataset'}") from None
 
     def image_path(self, image_id: int) -> Path:
-        """Absolute path of an image's file."""
-        return (self.root / self.image(image_id)["file_name"]).resolve()
+        """Absolute path of an image's file, which must lie inside the dataset's folder (``root``).
+
+        A ``file_name`` that is absolute, climbs out with ``..`` or reaches a symbolic link that
+        points outside ``root`` is refused, not read: a dataset file names only its own images.
+
+        Raises:
+            KeyError: if ``image_id`` is not in the dataset.
+            UnsafePathError: naming the image id and its ``file_name``, if the file lies outside ``root``.
+        """
+        name = self.image(image_id)["file_name"]
+        root = Path(self.root).resolve()
+        path = (root / str(name)).resolve()
+        if _escapes(str(name)) or not path.is_relative_to(root):
+            where = f"{self.path}: " if self.path else ""
+            raise UnsafePathError(
+                f"{where}image {image_id}: file_name {name!r} lies outside the dataset's folder {root}; "
+                "refused (file names must be relative paths inside it)"
+            )
+        return path
 
     def annotations_of(self, image_id: int) -> list[dict[str, Any]]:
         return self._anns_by_image.get(int(image_id), [])
@@ -204,6 +227,8 @@ class CocoDataset:
         Raises:
             FileNotFoundError: if the file is missing.
             ValueError: naming the file and the image or annotation at fault.
+            UnsafePathError: naming the image whose ``file_name`` is absolute or climbs out of the
+                file's folder with ``..`` (see `image_path`).
         """
         path = Path(path)
         d = read_json(path)
@@ -213,4 +238,27 @@ class CocoDataset:
         ds.images, ds.annotations, ds.categories = d["images"], d["annotations"], d["categories"]
         ds.root, ds.info, ds.path = path.parent, d.get("info", {}) or {}, path
         ds.validate()
+        for im in ds.images:  # a file's images are relative paths inside its folder (see image_path)
+            name = im["file_name"]
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"{path}: image {im['id']} has file_name {name!r}; expected a relative path")
+            if _escapes(name):
+                raise UnsafePathError(
+                    f"{path}: image {im['id']}: file_name {name!r} lies outside the dataset's folder "
+                    f"{path.parent}; refused (file names must be relative paths inside it)"
+                )
         return ds
+
+
+def _escapes(name: str) -> bool:
+    """Whether a ``file_name`` is absolute (POSIX or Windows) or climbs above its folder with ``..``."""
+    if PureWindowsPath(name).drive or PureWindowsPath(name).root:
+        return True
+    depth = 0
+    for part in PurePosixPath(name.replace("\\", "/")).parts:
+        if part == "/":
+            return True
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            return True
+    return False

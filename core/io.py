@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from core.errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -34,6 +36,55 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output folder that is an existing file or lies under one, before any work is done.
+
+    Args:
+        path: the folder to write into (it need not exist).
+        flag: the command-line flag that named it, for the message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        UserError: naming ``path``, the flag and the file in the way.
+    """
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is an existing file" if p == path else f"lies under {p}, which is a file"
+                raise UserError(f"{path}: {flag} {what}, not a folder")
+            break
+    return path
+
+
+def check_out_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output file that is an existing folder or lies under a file, before any work is done.
+
+    An existing file is fine: it is replaced (atomically) when the new one is complete.
+
+    Args:
+        path: the file to write.
+        flag: the command-line flag that named it, for the message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        UserError: naming ``path``, the flag and what is in the way.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: {flag} is an existing folder, not a file")
+    for p in path.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{path}: {flag} lies under {p}, which is a file")
+            break
+    return path
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from adapters import ADAPTERS, build
-from adapters.base import AdapterError, CategoryMap, Detector
+from adapters.base import AdapterError, CategoryMap, Classifier, Detector
 from adapters.config import ConfigError, load_config, parse_config
 from core.coco import CocoDataset
 from core.detections import Detections
@@ -139,11 +139,24 @@ def test_category_map_round_trips_sparse_ids():
 def test_importing_adapters_loads_no_framework():
     code = (
         "import sys, adapters, adapters.base, adapters.config, adapters.__main__\n"
+        "assert 'adapters.api' not in sys.modules  # the verbs load on first use\n"
+        "adapters.train, adapters.predict\n"
         "heavy = [m for m in ('torch', 'ultralytics', 'detectron2', 'mmdet', 'mmcv', 'mmengine', 'torchvision')"
         " if m in sys.modules]\nprint(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_library_verbs_are_the_api_functions_and_errors_are_user_errors():
+    import adapters
+    import adapters.api
+    from core.errors import UserError
+
+    assert adapters.train is adapters.api.train and adapters.predict is adapters.api.predict
+    assert issubclass(AdapterError, UserError) and issubclass(ConfigError, UserError)
+    with pytest.raises(AttributeError):
+        adapters.fit  # noqa: B018
 
 
 def test_each_adapter_module_imports_only_its_own_framework():
@@ -178,6 +191,11 @@ def test_train_writes_weights_config_and_loss_log(trained):
     adapter, cfg, run = trained
     weights = sorted(run.glob("weights.p*"))
     assert len(weights) == 1 and weights[0].stat().st_size > 100_000
+    import torch
+
+    ckpt = torch.load(weights[0], map_location="cpu", weights_only=True)  # tensors and plain data only
+    assert ckpt["framework"] == adapter and [c["id"] for c in ckpt["cxrfuse_categories"]] == [3, 7]
+    assert not (run / "weights_report.json").exists()  # trained from scratch
     assert load_config(run / "config.yaml").adapter == adapter
     assert [c["id"] for c in json.loads((run / "categories.json").read_text())] == [3, 7]
     with open(run / "loss.csv", newline="") as f:
@@ -193,7 +211,7 @@ def test_reload_and_predict_in_the_dataset_frame(trained, squares):
     _, test_json = squares
     test = CocoDataset.load(test_json)
     det = build(load_config(cfg, ["predict.score_thr=0.0"]), next(run.glob("weights.p*")))
-    assert isinstance(det, Detector)
+    assert isinstance(det, Detector) and not isinstance(det, Classifier)
     det.check_categories(test)
     paths = [test.image_path(i) for i in test.image_ids]
     arrays = [np.full((20, 30), 50, np.uint8)]  # a small gray array works too
@@ -258,6 +276,37 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, capsys):
     assert ADAPTERS  # registry is populated
 
 
+def test_adapter_error_is_exit_2_and_one_line_unless_debug(tmp_path, capsys):
+    """An AdapterError (here: weights that do not exist) ends like every user error of every CLI."""
+    from adapters.__main__ import main
+
+    ds = square_dataset(tmp_path, 1, 0)
+    missing = tmp_path / "nope.pth"
+    gate_cfg = REPO / "configs" / "cpu" / "gate_resnet18.yaml"
+    out = tmp_path / "g.json"
+    argv = ["predict", str(gate_cfg), "--weights", str(missing), "--dataset", str(ds), "--out", str(out)]
+    message = f"error: {missing}: weights file not found (nothing is downloaded: pass a local file)"
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [message]
+    assert main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "adapters.errors.AdapterError" in err
+    assert err.splitlines()[-1] == message
+    assert not out.exists()
+
+
+def test_grad_cam_of_a_detector_is_refused_before_predicting(squares, tmp_path, capsys):
+    from adapters.__main__ import main
+
+    _, test_json = squares
+    cfg = _cfg("mmdet", tmp_path)
+    argv = ["predict", str(cfg), "--weights", str(tmp_path / "w.pth"), "--dataset", str(test_json)]
+    assert main([*argv, "--out", str(tmp_path / "p.json"), "--cam", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: Grad-CAM (--cam) is for a gate (resnet_gate) config, not mmdet\n"
+
+
 # ---------------------------------------------------------------------------- the same pixel frame
 
 LEARN = {
@@ -296,3 +345,17 @@ def test_all_adapters_find_an_unmistakable_object_in_the_same_pixel_frame(adapte
         assert len(d), f"{adapter}: no box on image {iid}"
         assert int(d.labels[0]) == 7
         assert _iou(d.boxes[0], truth) > 0.3, (adapter, d.boxes[0], truth)
+
+
+def test_yolov5u_checkpoint_reloads_and_predicts(squares, tmp_path):
+    """Ultralytics' scaled names (yolov5nu.yaml → its unified yolov5u.yaml) rebuild from a CXRFuse checkpoint."""
+    from adapters.__main__ import main
+
+    cfg = _cfg("ultralytics", tmp_path, model="yolov5nu.yaml")
+    train_json, test_json = squares
+    assert main(["train", str(cfg), "--dataset", str(train_json), "--out-dir", str(tmp_path / "run")]) == 0
+    out = tmp_path / "preds.json"
+    weights = tmp_path / "run" / "weights.pt"
+    assert main(["predict", str(cfg), "--weights", str(weights), "--dataset", str(test_json), "--out", str(out)]) == 0
+    assert read_meta(out)["model"] == "yolov5nu.yaml"
+    assert set(read_predictions(out, CocoDataset.load(test_json))) == {0, 1, 2}

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from convert.__main__ import main
 from convert.common import ConversionError
 from convert.vinbig import convert_vinbig
 from tests.conftest_paths import REPO
@@ -110,6 +111,55 @@ def test_cli_error_exits_non_zero_with_message(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "row 7" in r.stderr and "Traceback" not in r.stderr
+
+
+def _cli_vinbig(csv_path, meta, out) -> list[str]:
+    return ["vinbig", "--csv", str(csv_path), "--size-table", str(meta), "--labels-only", "--out", str(out)]
+
+
+def test_cli_error_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    argv = _cli_vinbig(*_write(tmp_path, [*GOOD, BAD_ROWS[0][0], BAD_ROWS[3][0]]), tmp_path / "o")
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    # the two problems of a multi-line message, on one line
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: 2 problem(s) in the input")
+    assert "row 7" in captured.err and "row 8" in captured.err and captured.out == ""
+    assert main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "convert.common.ConversionError" in err
+    assert err.splitlines()[-1].startswith("error: 2 problem(s)")
+
+
+def test_cli_missing_input_and_unknown_image_id_are_user_errors(tmp_path, capsys):
+    assert main(["summary", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json" in capsys.readouterr().err
+    out = tmp_path / "o"
+    assert main(_cli_vinbig(*_write(tmp_path, GOOD), out)) == 0
+    preds = tmp_path / "preds.json"
+    preds.write_text('[{"image_id": 999, "category_id": 3, "bbox": [1, 1, 5, 5], "score": 0.5}]')
+    sub = tmp_path / "sub.csv"
+    rc = main(["submission", "--dataset", str(out / "val.json"), "--preds", str(preds), "--out", str(sub)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "999" in err and "Traceback" not in err and not sub.exists()
+
+
+def test_skipped_images_are_a_warning_shown_by_default(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = [*_cli_vinbig(*_write(tmp_path, [*GOOD, BAD_ROWS[0][0]]), out), "--on-error", "skip"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"skipped 1 image(s); see {out / 'skipped.csv'}" in captured.err
+    assert "wrote " in captured.out and "train.json" in captured.out
+    assert main([*argv, "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_convert_errors_are_user_errors():
+    from convert.dicom import DicomError
+    from core.errors import UserError
+
+    assert issubclass(ConversionError, UserError) and issubclass(DicomError, UserError)
 
 
 def test_cli_help_lists_every_verb():
