@@ -26,3 +26,6 @@ bench: setup
 	$(PY) bench/fusion.py
 	$(PY) bench/eval.py
 	$(PY) bench/predict.py
+	$(PY) bench/sweep.py
+	$(PY) bench/results_io.py
+	$(PY) bench/gpu.py

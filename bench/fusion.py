@@ -1,9 +1,10 @@
 """Fusion throughput: ours (`fusion.engine`) beside ensemble-boxes 1.0.9 on the same seeded boxes.
 
-    python bench/fusion.py [--images 3000] [--models 5] [--boxes 100] [--labels 15]
+    python bench/fusion.py [--images 3000] [--models 5] [--boxes 100] [--labels 15] [--repeat 3]
 
 Prints images per second for WBF and NMS: ensemble-boxes per image, ours per image (`fuse`) and over the
-dataset (`fuse_many`), the speed-up, and the largest difference from ensemble-boxes' output.
+dataset (`fuse_many`), the speed-up, and the largest difference from ensemble-boxes' output. Each time is
+the best of ``--repeat`` runs. Target: ``fuse_many`` at least as fast as ensemble-boxes for both.
 """
 
 from __future__ import annotations
@@ -95,6 +96,17 @@ def max_diff(ours: dict, ref: dict, sizes) -> tuple[float, float, int]:
     return db, ds, bad
 
 
+def best_of(repeat: int, fn):
+    """``(seconds, result)`` of the fastest of ``repeat`` calls (the machine is shared: the minimum is the
+    least disturbed run, for ours and the reference alike)."""
+    best, out = float("inf"), None
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=3000)
@@ -102,24 +114,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--boxes", type=int, default=100)
     p.add_argument("--labels", type=int, default=15)
     p.add_argument("--iou-thr", type=float, default=0.55)
+    p.add_argument("--repeat", type=int, default=3, help="time each the best of this many runs")
     a = p.parse_args(argv)
     sizes, per_model = make_data(a.images, a.models, a.boxes, a.labels)
     print(f"{a.images} images x {a.models} models x {a.boxes} boxes, {a.labels} labels, iou_thr {a.iou_thr}")
     warnings.simplefilter("ignore")
     run_reference("nms", {0: sizes[0]}, per_model, a.iou_thr)  # numba JIT outside the timing
     for method in ("wbf", "nms"):
-        t0 = time.perf_counter()
-        ref = run_reference(method, sizes, per_model, a.iou_thr)
-        t_ref = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        one = {
-            i: fuse([m[i] for m in per_model], w, h, method=method, iou_thr=a.iou_thr)
-            for i, (w, h) in sizes.items()
-        }
-        t_one = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        many = fuse_many(per_model, sizes, method=method, iou_thr=a.iou_thr)
-        t_many = time.perf_counter() - t0
+        t_ref, ref = best_of(a.repeat, lambda m=method: run_reference(m, sizes, per_model, a.iou_thr))
+        t_one, one = best_of(
+            a.repeat,
+            lambda m=method: {
+                i: fuse([d[i] for d in per_model], w, h, method=m, iou_thr=a.iou_thr) for i, (w, h) in sizes.items()
+            },
+        )
+        t_many, many = best_of(a.repeat, lambda m=method: fuse_many(per_model, sizes, method=m, iou_thr=a.iou_thr))
         n = a.images
         db, ds, bad = max_diff(many, ref, sizes)
         db1, ds1, bad1 = max_diff(one, ref, sizes)

@@ -40,12 +40,17 @@ def resize_gray(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImageJob:
-    """Convert one source image (DICOM or PNG/JPEG) into ``out`` (8-bit grey PNG)."""
+    """Convert one source image (DICOM or PNG/JPEG) into ``out`` (8-bit grey PNG).
+
+    ``j2k_reduce``: decode a JPEG 2000 DICOM only at the resolution the resize to ``size`` needs
+    (`convert.dicom.decode_dicom`); False decodes every image in full (for comparisons).
+    """
 
     key: str
     src: Path
     out: Path
     size: int | None
+    j2k_reduce: bool = True
 
 
 @dataclass(frozen=True)
@@ -87,14 +92,14 @@ def convert_image(job: ImageJob) -> ImageResult:
             if (w, h) == target_size(sw, sh, job.size):
                 return ImageResult(job.key, w, h, sw, sh, skipped_existing=True)
         if job.src.suffix.lower() in DICOM_SUFFIXES:
-            from convert.dicom import dicom_to_uint8
+            from convert.dicom import decode_dicom
 
-            img = dicom_to_uint8(job.src)
+            img, (sw, sh) = decode_dicom(job.src, size=job.size if job.j2k_reduce else None)
         else:
             from core.io import read_image_gray
 
             img = read_image_gray(job.src)
-        sh, sw = img.shape[:2]
+            sh, sw = img.shape[:2]
         w, h = target_size(sw, sh, job.size)
         from core.io import write_png
 
@@ -107,21 +112,24 @@ def convert_image(job: ImageJob) -> ImageResult:
 def parallel_map(
     fn: Callable[[T], R], items: Iterable[T], workers: int, desc: str, total: int | None = None
 ) -> Iterator[R]:
-    """``map(fn, items)`` over ``workers`` processes with a progress bar; results in input order."""
-    from tqdm import tqdm
+    """``map(fn, items)`` over ``workers`` processes with a progress bar (on a terminal); results in input order."""
+    from core.cli import progress
 
     items = list(items)
-    bar = tqdm(total=total or len(items), desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5)
+    bar = progress(total=total or len(items), desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5)
     try:
         if workers <= 1:
             for it in items:
                 yield fn(it)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            try:
                 for r in pool.map(fn, items, chunksize=1):
                     yield r
                     bar.update()
+            finally:  # closed early (an error, Ctrl-C): the items not started are cancelled
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from core.detections import Detections
+from core.io import check_out_file
 from core.predictions import write_predictions
-from fusion.engine import fuse_many
-from fusion.gate import apply_gate
 from ensemble.inputs import Inputs, read_inputs
+from fusion.engine import fuse_with
+from fusion.gate import apply_gate
 from fusion.settings import FusionSettings
 
 CHUNK_IMAGES = 512
@@ -42,7 +43,6 @@ def fuse_dataset(
         ValueError: as `fusion.engine.fuse_many`.
     """
     ids = list(sizes)
-    opts = settings.fusion_options()
     out: dict[int, Detections] = {}
     bar = progress(total=len(ids), unit="img", desc=f"fusing ({settings.method})") if progress else None
     try:
@@ -50,7 +50,7 @@ def fuse_dataset(
             chunk = ids[a : a + CHUNK_IMAGES]
             sub = {i: sizes[i] for i in chunk}
             models = [{i: m[i] for i in chunk if i in m} for m in per_model]
-            out.update(fuse_many(models, sub, **opts))
+            out.update(fuse_with(models, sub, settings))
             if bar is not None:
                 bar.update(len(chunk))
     finally:
@@ -115,10 +115,10 @@ def run(
     Raises:
         FileNotFoundError: naming a missing input.
         ValueError: naming the file or value at fault (`ensemble.inputs`, `fuse_and_gate`), for an
-            ``out`` that is not ``.json`` or is one of the inputs, or for names that differ from
-            ``expect_names``.
+            ``out`` that is not ``.json``, is an existing folder or is one of the inputs, or for
+            names that differ from ``expect_names``.
     """
-    out = Path(out)
+    out = check_out_file(out)
     if out.suffix != ".json":
         raise ValueError(f"the output {out} must be a .json file")
     if any(Path(p).resolve() == out.resolve() for p in [*preds, *([gate] if gate else [])]):

@@ -3,20 +3,23 @@
 Every fusion setting (method × ``iou_thr`` × ``skip_box_thr`` × weights, × ``conf_type`` for WBF,
 × ``sigma`` for Soft-NMS) is fused once with `fusion.engine.fuse_many`; with a gate file, each
 fused result is then combined with every gate setting (mode, and for ``filter`` every ``low <= high``
-pair). Each result is scored by ``metric`` on the fused `Detections` themselves:
-
-- ``vinbig``: `eval.metrics.vinbig_map` (mAP@0.4 over classes 0..14; "No finding" rows come from the
-  gate, so without a gate class 14 scores 0 on a dataset with normal images);
-- ``coco``: `eval.metrics.coco_map` at IoU 0.50:0.95, at most 100 detections per image and class;
-- ``rsna``: `eval.metrics.rsna_score`.
-
-"No finding" rows are removed before the ``coco`` and ``rsna`` metrics (they have no class 14).
-The file ``run`` writes with the same settings holds the same rows rounded as COCO results are
-(boxes to 0.01 px, scores to 1e-6), so ``python -m eval`` may score it a little differently
-(around 1e-7 on test data; a box on an IoU threshold could flip a match). Scoring the rounded rows
-instead would build a results list per setting, three quarters of a setting's time.
+pair). Each result is scored by ``metric`` with `eval.scoring.Scorer`, the scorer the leaderboard uses, on
+the values the file ``run`` writes with the same settings will hold (`core.detections.Detections.as_written`:
+boxes to 0.01 px, scores to 1e-6), so the best setting's score here is exactly the score the
+leaderboard shows for that file. The ground truth is parsed once per sweep. Metrics: ``vinbig``
+(mAP@0.4 with "No finding", which only a gate setting adds), ``coco`` (mAP@[.5:.95]) and ``rsna``;
+no metric caps the detections per image.
 The folder ``out`` receives ``results.csv`` and ``results.json`` (every setting with its score, best
 first; ties keep grid order) and ``best.yaml`` (`fusion.settings`), which ``run --config`` takes.
+
+Speed. What does not change between settings is done once: the inputs are flattened and normalised
+once (`fusion.engine.flatten_many`), the boxes sorted once per method and weight set, and the ground
+truth parsed once. Each setting then runs on columns: `fusion.engine.fuse_flat`, the gate's rule
+(`gate_columns`, the rows `fusion.gate.apply_gate` gives), the rounding of a results file
+(`core.detections.as_written_columns`) and `eval.scoring.Scorer.score_columns`, which scores exactly
+what `Scorer.score` scores for the same rows. Fusion settings run in parallel worker processes
+(forked: they share the flattened inputs) when the inputs are large enough for it to pay; every
+worker returns scores only, so memory does not grow with the number of settings.
 """
 
 from __future__ import annotations
@@ -24,37 +27,30 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from core.coco import CocoDataset
-from core.detections import Detections
+import numpy as np
+
+from core.classes import NO_FINDING, NO_FINDING_BOX
+from core.detections import Detections, as_written_columns
 from core.io import atomic_open, write_json
-from fusion.engine import METHODS, fuse_many
-from fusion.gate import GATE_MODES, apply_gate, check_gate_options, strip_no_finding
 from ensemble.inputs import read_inputs
+from eval.scoring import Scorer, get_metric
+from fusion.engine import METHODS, FlatBoxes, FlatFused, flatten_many, fuse_flat
+from fusion.gate import GATE_MODES, check_gate_options
 from fusion.settings import FusionSettings, write_settings
 
-METRICS = ("vinbig", "coco", "rsna")
-CSV_COLUMNS = (
-    "rank",
-    "score",
-    "method",
-    "weights",
-    "iou_thr",
-    "skip_box_thr",
-    "conf_type",
-    "sigma",
-    "soft_method",
-    "soft_score_thr",
-    "gate_mode",
-    "low",
-    "high",
-    "fuse_seconds",
-)
+CSV_COLUMNS = ("rank", "score", *(f.name for f in fields(FusionSettings)), "fuse_seconds")
+PARALLEL_MIN_BOXES = 200_000
+"""Below this many input boxes a sweep runs in one process (starting workers would cost more)."""
+
+GateSetting = tuple[str | None, float | None, float | None]
 
 
 @dataclass(frozen=True)
@@ -154,24 +150,6 @@ def default_weights(n_models: int) -> list[tuple[float, ...]]:
     return sets
 
 
-def score(dataset: CocoDataset, dets: Mapping[int, Detections], metric: str = "vinbig") -> float:
-    """``dets`` scored on ``dataset`` by ``metric`` (see the module docstring).
-
-    Raises:
-        ValueError: for an unknown ``metric``, or as the metric.
-    """
-    from eval.metrics import coco_map, rsna_score, vinbig_map
-
-    gt = dataset.to_dict()
-    if metric == "vinbig":
-        return float(vinbig_map(gt, dets).map)
-    if metric == "coco":
-        return float(coco_map(gt, strip_no_finding(dets), max_dets=100).map)
-    if metric == "rsna":
-        return float(rsna_score(gt, strip_no_finding(dets)))
-    raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-
-
 @dataclass(frozen=True)
 class SweepResult:
     """A finished sweep.
@@ -198,6 +176,7 @@ def sweep(
     metric: str = "vinbig",
     gate: str | Path | None = None,
     progress: Callable[..., Any] | None = None,
+    workers: int | None = None,
 ) -> SweepResult:
     """Score every setting of ``grid`` on ``dataset`` and write the ranking and the best settings.
 
@@ -209,6 +188,8 @@ def sweep(
         metric: ``vinbig``, ``coco`` or ``rsna``.
         gate: gate file of ``p_abnormal`` scores; without it no gate setting is tried.
         progress: a ``tqdm``-like class for a progress bar, or None.
+        workers: processes scoring fusion settings at once; None for the CPU count when the inputs
+            hold at least ``PARALLEL_MIN_BOXES`` boxes, else 1.
 
     Returns:
         `SweepResult`.
@@ -218,31 +199,20 @@ def sweep(
         ValueError: naming the file or value at fault (`ensemble.inputs`, `SweepGrid`), or for an
             unknown ``metric``.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    get_metric(metric)
     t_start = time.perf_counter()
     inputs = read_inputs(preds, dataset, gate)
     fusions = grid.fusion_settings(len(inputs.per_model))
     gates = grid.gate_settings() if inputs.gate is not None else [(None, None, None)]
-    sizes = inputs.sizes
+    state = SweepState.build(inputs.per_model, inputs.sizes, Scorer(inputs.dataset, metric), inputs.gate)
+    scores, fuse_seconds = state.run(fusions, gates, workers=workers, progress=progress)
     rows: list[dict[str, Any]] = []
     settings_of: list[FusionSettings] = []
-    bar = progress(total=len(fusions) * len(gates), unit="setting", desc="sweep") if progress else None
-    try:
-        for fs in fusions:
-            t0 = time.perf_counter()
-            fused = fuse_many(inputs.per_model, sizes, **fs.fusion_options())
-            fuse_seconds = time.perf_counter() - t0
-            for mode, low, high in gates:
-                s = replace(fs, gate_mode=mode, low=low, high=high)
-                dets = fused if mode is None else apply_gate(fused, inputs.gate, mode, low, high)  # type: ignore[arg-type]
-                rows.append(_row(s, score(inputs.dataset, dets, metric), fuse_seconds))
-                settings_of.append(s)
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    for f, fs in enumerate(fusions):
+        for g, (mode, low, high) in enumerate(gates):
+            s = replace(fs, gate_mode=mode, low=low, high=high)
+            rows.append(_row(s, scores[f][g], fuse_seconds[f]))
+            settings_of.append(s)
     order = sorted(range(len(rows)), key=lambda k: _rank_key(rows[k]["score"]))
     rows = [rows[k] for k in order]
     for rank, r in enumerate(rows, start=1):
@@ -275,6 +245,263 @@ def sweep(
     )
     write_settings(out / "best.yaml", best, {**info, "score": best_score})
     return SweepResult(rows, best, best_score, out)
+
+
+class SweepState:
+    """What every setting of a sweep shares, computed once: the flattened inputs, the scorer, the gate.
+
+    Use `build`, then `score` for one fusion setting (all gate settings) or `run` for many.
+
+    Attributes:
+        flat: every model's boxes, flattened (`fusion.engine.flatten_many`).
+        image_ids: ``(I,)`` dataset image id of each image index of ``flat``.
+        scorer: the ground truth and the metric.
+        p_abnormal: ``(I,)`` float64 gate scores per image index, or None without a gate.
+    """
+
+    def __init__(self, flat: FlatBoxes, image_ids: np.ndarray, scorer: Scorer, p_abnormal: np.ndarray | None):
+        self.flat = flat
+        self.image_ids = image_ids
+        self.scorer = scorer
+        self.p_abnormal = p_abnormal
+        self._no_finding: dict[GateSetting, np.ndarray] = {}
+
+    @classmethod
+    def build(
+        cls,
+        per_model: Sequence[Mapping[int, Detections]],
+        sizes: Mapping[int, tuple[int, int]],
+        scorer: Scorer,
+        p_abnormal: Mapping[int, float] | None = None,
+    ) -> SweepState:
+        """Flatten the inputs once.
+
+        Raises:
+            ValueError: as `fusion.engine.fuse_many`, or naming images without a gate score.
+        """
+        flat = flatten_many(per_model, sizes)
+        ids = np.array(list(sizes), np.int64)
+        p = None
+        if p_abnormal is not None:
+            missing = [i for i in sizes if i not in p_abnormal]
+            if missing:
+                raise ValueError(
+                    f"the gate has no score for {len(missing)} of {len(sizes)} images, e.g. image ids "
+                    f"{sorted(missing)[:10]}"
+                )
+            p = np.array([float(p_abnormal[i]) for i in sizes], np.float64)
+        return cls(flat, ids, scorer, p)
+
+    def score(self, settings: FusionSettings, gates: Sequence[GateSetting]) -> tuple[list[float], float]:
+        """Fuse with ``settings`` once and score each gate setting ``(mode, low, high)``.
+
+        For a metric that is a mean of per-class AP (`eval.scoring.Scorer.by_class`) the lesions are
+        scored once per way a gate changes them (unchanged, rescaled, or filtered at a ``low``) and
+        "No finding" once per gate setting for the whole sweep; their AP columns are then joined. The
+        scores are those of `Scorer.score_columns` of the joined rows, bit for bit.
+
+        Returns:
+            ``(scores, fuse_seconds)``: one score per gate setting, as `Scorer.score` gives for
+            `apply_gate` of `fuse_many`'s result, rounded as ``run`` writes it.
+
+        Raises:
+            ValueError: as `fusion.engine.fuse_flat` and `gate_columns`.
+        """
+        t0 = time.perf_counter()
+        fused = fuse_flat(self.flat, settings)
+        seconds = time.perf_counter() - t0
+        for mode, low, high in gates:
+            if mode is not None:
+                check_gate_options(mode, low, high)
+                if self.p_abnormal is None:
+                    raise ValueError(f"the gate mode {mode!r} needs a gate file of p_abnormal scores")
+                check_not_gated(fused, self.image_ids)
+        scorer, scores = self.scorer, []
+        if not scorer.by_class:
+            for mode, low, high in gates:
+                cols = (fused.image, fused.labels, fused.boxes, fused.scores)
+                if mode is not None:
+                    cols = gate_columns(fused, self.image_ids, self.p_abnormal, mode, low, high)
+                img, labels, boxes, sc = cols
+                boxes, sc = as_written_columns(boxes, sc)
+                scores.append(scorer.score_columns(self.image_ids[img], labels, boxes, sc))
+            return scores, seconds
+        lesions: dict[Any, np.ndarray] = {}
+        for mode, low, high in gates:
+            key = _lesion_key(mode, low)
+            if key not in lesions:
+                img, labels, boxes, sc = gated_lesions(fused, self.p_abnormal, mode, low)
+                boxes, sc = as_written_columns(boxes, sc)
+                lesions[key] = scorer.class_ap_columns(self.image_ids[img], labels, boxes, sc)
+            ap = lesions[key]
+            if mode is not None and scorer.metric.key == "vinbig":
+                k = int(np.searchsorted(scorer.headline_table.category_ids, NO_FINDING))
+                ap = ap.copy()
+                ap[:, k] = self.no_finding_ap(mode, low, high)[:, k]
+            scores.append(scorer.score_from_class_ap(ap))
+        return scores, seconds
+
+    def no_finding_ap(self, mode: str, low: float | None, high: float | None) -> np.ndarray:
+        """`Scorer.class_ap_columns` of the "No finding" rows a gate setting adds (the same for every fusion)."""
+        key = (mode, low, high)
+        if key not in self._no_finding:
+            img, score = no_finding_rows(self.p_abnormal, mode, low, high)  # type: ignore[arg-type]
+            boxes = np.tile(np.array(NO_FINDING_BOX, np.float32), (len(img), 1))
+            boxes, score = as_written_columns(boxes, score)
+            labels = np.full(len(img), NO_FINDING, np.int64)
+            self._no_finding[key] = self.scorer.class_ap_columns(self.image_ids[img], labels, boxes, score)
+        return self._no_finding[key]
+
+    def run(
+        self,
+        fusions: Sequence[FusionSettings],
+        gates: Sequence[GateSetting],
+        *,
+        workers: int | None = None,
+        progress: Callable[..., Any] | None = None,
+    ) -> tuple[list[list[float]], list[float]]:
+        """`score` every fusion setting, in ``workers`` forked processes where that pays.
+
+        Returns:
+            ``(scores, fuse_seconds)``: ``scores[f][g]`` for fusion ``f`` and gate setting ``g``.
+        """
+        n = len(fusions)
+        if workers is None:
+            big = len(self.flat.score) >= PARALLEL_MIN_BOXES
+            workers = (os.cpu_count() or 1) if big else 1
+        workers = max(1, min(int(workers), n))
+        if "fork" not in multiprocessing.get_all_start_methods():
+            workers = 1
+        # settings sharing a method and weights run one after another: their sort order is reused
+        todo = sorted(range(n), key=lambda f: (fusions[f].method, fusions[f].weights or ()))
+        scores: list[list[float]] = [[] for _ in range(n)]
+        seconds = [0.0] * n
+        if self.scorer.by_class and self.scorer.metric.key == "vinbig" and self.p_abnormal is not None:
+            for mode, low, high in gates:  # once, before the workers fork: they share them
+                if mode is not None:
+                    check_gate_options(mode, low, high)
+                    self.no_finding_ap(mode, low, high)
+        global _WORK
+        _WORK = (self, list(fusions), list(gates))
+        pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+        bar = progress(total=n * len(gates), unit="setting", desc="sweep") if progress else None
+        try:
+            results = pool.imap_unordered(_score_one, todo) if pool else map(_score_one, todo)
+            for f, sc, sec in results:
+                scores[f], seconds[f] = sc, sec
+                if bar is not None:
+                    bar.update(len(gates))
+        finally:
+            _WORK = None
+            if bar is not None:
+                bar.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        return scores, seconds
+
+
+_WORK: tuple[SweepState, list[FusionSettings], list[GateSetting]] | None = None
+"""The sweep being run: set before worker processes are forked, so they share it without copying."""
+
+
+def _score_one(f: int) -> tuple[int, list[float], float]:
+    state, fusions, gates = _WORK  # type: ignore[misc]
+    scores, seconds = state.score(fusions[f], gates)
+    return f, scores, seconds
+
+
+def check_not_gated(fused: FlatFused, image_ids: np.ndarray) -> None:
+    """Raise as `fusion.gate.apply_gate` does if fused rows already are "No finding" (gated twice).
+
+    Raises:
+        ValueError: naming the first such image.
+    """
+    has14 = fused.labels == NO_FINDING
+    if has14.any():
+        raise ValueError(
+            f"image {int(image_ids[fused.image[np.flatnonzero(has14)[0]]])} already has 'No finding' "
+            f"(class {NO_FINDING}) rows; gate detections that have not been gated"
+        )
+
+
+def _lesion_key(mode: str | None, low: float | None) -> Any:
+    """Gate settings that leave the boxes alike share a key (``append`` keeps them as no gate does)."""
+    if mode == "rescale":
+        return "rescale"
+    if mode == "filter":
+        return ("filter", low)
+    return "plain"
+
+
+def gated_lesions(
+    fused: FlatFused, p_abnormal: np.ndarray | None, mode: str | None, low: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The boxes (not "No finding") of `fusion.gate.apply_gate`, as ``(image index, labels, boxes, scores)``.
+
+    ``append`` (and no gate) keeps them; ``rescale`` multiplies the scores by ``p_abnormal`` in
+    float32; ``filter`` drops the boxes of images with ``p_abnormal < low``. Rows keep their order.
+    """
+    img, labels, boxes, scores = fused.image, fused.labels, fused.boxes, fused.scores
+    if mode == "rescale":
+        scores = scores * p_abnormal.astype(np.float32)[img]  # type: ignore[union-attr]
+    elif mode == "filter":
+        keep = ~(p_abnormal < low)[img]  # type: ignore[operator]
+        img, labels, boxes, scores = img[keep], labels[keep], boxes[keep], scores[keep]
+    return img, labels, boxes, scores
+
+
+def no_finding_rows(
+    p_abnormal: np.ndarray, mode: str, low: float | None = None, high: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The "No finding" rows of `fusion.gate.apply_gate`: ``(image index, float32 score)``, one per image at most.
+
+    ``append`` and ``rescale``: every image, score ``1 - p_abnormal``; ``filter``: score 1 where
+    ``p_abnormal < low``, ``1 - p_abnormal`` where ``low <= p_abnormal <= high``, none above ``high``.
+    """
+    p_normal = (1.0 - p_abnormal).astype(np.float32)
+    if mode != "filter":
+        return np.arange(len(p_abnormal), dtype=np.int64), p_normal
+    normal = p_abnormal < low  # type: ignore[operator]
+    middle = ~normal & (p_abnormal <= high)  # type: ignore[operator]
+    img = np.flatnonzero(normal | middle)
+    return img, np.where(normal, np.float32(1.0), p_normal)[img].astype(np.float32)
+
+
+def gate_columns(
+    fused: FlatFused,
+    image_ids: np.ndarray,
+    p_abnormal: np.ndarray,
+    mode: str,
+    low: float | None = None,
+    high: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`fusion.gate.apply_gate` on columns: the same rows, in the same order within each image.
+
+    Args:
+        fused: fused rows (`fusion.engine.fuse_flat`).
+        image_ids: ``(I,)`` dataset image id of each image index (for messages).
+        p_abnormal: ``(I,)`` gate score of each image index, in ``[0, 1]``.
+        mode, low, high: the gate's rule (`fusion.gate`).
+
+    Returns:
+        ``(image index, labels, boxes, scores)`` grouped by image, each image's rows sorted by
+        descending score as `apply_gate` sorts them (the "No finding" row after rows of equal score).
+
+    Raises:
+        ValueError: as `fusion.gate.apply_gate`: bad options, or fused rows that already are
+            "No finding".
+    """
+    check_gate_options(mode, low, high)
+    check_not_gated(fused, image_ids)
+    img, labels, boxes, scores = gated_lesions(fused, p_abnormal, mode, low)
+    nf_img, nf_score = no_finding_rows(p_abnormal, mode, low, high)
+    img = np.concatenate([img, nf_img])
+    labels = np.concatenate([labels, np.full(len(nf_img), NO_FINDING, np.int64)])
+    boxes = np.concatenate([boxes, np.tile(np.array(NO_FINDING_BOX, np.float32), (len(nf_img), 1))])
+    scores = np.concatenate([scores, nf_score])
+    order = np.lexsort((-scores, img))  # stable: ties keep the boxes' order, "No finding" last
+    return img[order], labels[order], boxes[order], scores[order]
 
 
 def _row(s: FusionSettings, value: float, fuse_seconds: float) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from core.boxes import box_iou_xywh_pairs, xyxy_to_xywh
 from core.detections import Detections
 
 #: pycocotools' default IoU thresholds, bit for bit: ``np.linspace(0.5, 0.95, 10)``.
@@ -199,11 +200,11 @@ def parse_results(results: Sequence[Mapping] | Mapping[int, Detections], gt: GtT
         if not items:
             none = np.zeros(0, np.int64)
             return DetTable(none, none, np.zeros((0, 4)), np.zeros(0))
-        ids = np.concatenate([np.full(len(d), i, np.int64) for i, d in items])
-        labels = np.concatenate([d.labels for _, d in items]).astype(np.int64)
-        xyxy = np.concatenate([d.boxes for _, d in items]).astype(np.float64)
-        boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-        scores = np.concatenate([d.scores for _, d in items]).astype(np.float64)
+        ids = np.repeat(np.array([i for i, _ in items], np.int64), [len(d) for _, d in items])
+        labels = np.concatenate([d.labels for _, d in items])
+        boxes = np.concatenate([d.boxes for _, d in items])
+        scores = np.concatenate([d.scores for _, d in items])
+        return columns_table(ids, labels, boxes, scores, gt)
     else:
         if not isinstance(results, Sequence):
             raise ValueError(f"results must be a list of COCO detections, got {type(results).__name__}")
@@ -227,23 +228,29 @@ def parse_results(results: Sequence[Mapping] | Mapping[int, Detections], gt: GtT
     return DetTable(img, cat, boxes, scores)
 
 
-# --------------------------------------------------------------------------- matching
+def columns_table(
+    image_ids: np.ndarray, labels: np.ndarray, boxes: np.ndarray, scores: np.ndarray, gt: GtTable
+) -> DetTable:
+    """A `DetTable` of detections held as columns, as `parse_results` builds it from ``{image_id: Detections}``.
 
+    Args:
+        image_ids: ``(D,)`` dataset image id of each detection.
+        labels: ``(D,)`` category ids.
+        boxes: ``(D, 4)`` ``xyxy`` pixels (the float32 of `Detections`; widths are taken in float64).
+        scores: ``(D,)`` scores.
+        gt: the parsed ground truth (its image and category ids).
 
-def iou_xywh_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of row-aligned boxes ``a[i]``, ``b[i]``: ``(P, 4)`` float64 ``xywh`` → ``(P,)``.
-
-    Same arithmetic as pycocotools' ``maskApi.c`` ``bbIou`` (areas ``w * h``,
-    0 where the boxes do not overlap), so results are bit-identical.
+    Raises:
+        ValueError: naming the first few image ids or category ids absent from the dataset.
     """
-    w = np.minimum(a[:, 2] + a[:, 0], b[:, 2] + b[:, 0]) - np.maximum(a[:, 0], b[:, 0])
-    h = np.minimum(a[:, 3] + a[:, 1], b[:, 3] + b[:, 1]) - np.maximum(a[:, 1], b[:, 1])
-    inter = w * h
-    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
-    ok = (w > 0) & (h > 0)
-    out = np.zeros(len(a), np.float64)
-    np.divide(inter, union, out=out, where=ok)
-    return out
+    ids = np.asarray(image_ids, np.int64).reshape(-1)
+    xywh = xyxy_to_xywh(np.asarray(boxes).reshape(-1, 4).astype(np.float64))
+    img = lookup_ids(gt.image_ids, ids, "image ids", "results")
+    cat = lookup_ids(gt.category_ids, np.asarray(labels).astype(np.int64).reshape(-1), "category ids", "results")
+    return DetTable(img, cat, xywh, np.asarray(scores).astype(np.float64).reshape(-1))
+
+
+# --------------------------------------------------------------------------- matching
 
 
 def sort_order(keys: Sequence[tuple[np.ndarray, int]], unique: bool = False) -> np.ndarray:
@@ -296,6 +303,13 @@ def rank_within_groups(group: np.ndarray, scores: np.ndarray, n_groups: int | No
     if not len(group):
         return np.zeros(0, np.int64)
     pos, _, _ = score_ranks(scores)
+    return _rank_by_position(group, pos, n_groups)
+
+
+def _rank_by_position(group: np.ndarray, pos: np.ndarray, n_groups: int | None = None) -> np.ndarray:
+    """`rank_within_groups` given ``pos``, each row's position in the stable descending sort of scores."""
+    if not len(group):
+        return np.zeros(0, np.int64)
     n_groups = int(group.max()) + 1 if n_groups is None else n_groups
     order = sort_order([(group, n_groups), (pos, len(pos))], unique=True)
     g = group[order]
@@ -351,7 +365,7 @@ def greedy_match(
     offset = np.arange(n_pairs) - np.repeat(np.cumsum(per_det) - per_det, per_det)
     p_pos = np.repeat(start[k], per_det) + offset  # position in g_sorted: input order within a group
     p_gt = g_order[p_pos]
-    p_iou = iou_xywh_pairs(det_boxes[p_det], gt_boxes[p_gt])
+    p_iou = box_iou_xywh_pairs(det_boxes[p_det], gt_boxes[p_gt])
     keep = p_iou > thr.min() if strict else p_iou >= thr.min()
     p_det, p_pos, p_gt, p_iou = p_det[keep], p_pos[keep], p_gt[keep], p_iou[keep]
     if not len(p_det):
@@ -438,29 +452,30 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def evaluate_tables(
-    gt: GtTable, dt: DetTable, iou_thrs: Sequence[float] = COCO_IOU_THRESHOLDS, max_dets: int | None = None
-) -> MapResult:
-    """COCO mAP of parsed tables; see the module docstring for the exact rules.
-
-    Raises:
-        ValueError: if ``iou_thrs`` is empty or outside ``[0, 1]``, or
-            ``max_dets`` is not positive.
-    """
+def _check_thresholds(iou_thrs: Sequence[float], max_dets: int | None) -> np.ndarray:
     thrs = np.asarray(list(iou_thrs), np.float64).reshape(-1)
     if not len(thrs) or not np.isfinite(thrs).all() or (thrs < 0).any() or (thrs > 1).any():
         raise ValueError(f"iou_thrs must be a non-empty list of values in [0, 1], got {list(iou_thrs)}")
     if max_dets is not None and int(max_dets) < 1:
         raise ValueError(f"max_dets must be a positive integer or None, got {max_dets}")
-    n_cat, n_thr = len(gt.category_ids), len(thrs)
-    keys = [round(float(t), 6) for t in thrs]
+    return thrs
 
+
+def _accumulate(gt: GtTable, dt: DetTable, thrs: np.ndarray, max_dets: int | None, with_curves: bool):
+    """AP and max recall per IoU threshold and category: ``(ap, rec, curves, n_gt)``.
+
+    ``ap`` and ``rec`` are ``(T, K)``, NaN for categories without ground truth. A category's values
+    depend only on the rows of that category (their order within each image included), not on the
+    rows of other categories: the sweep scores lesions and "No finding" apart and puts them together.
+    """
+    n_cat, n_thr = len(gt.category_ids), len(thrs)
     group = dt.image * n_cat + dt.category
-    rank = rank_within_groups(group, dt.scores, len(gt.image_ids) * n_cat)
+    pos, dense, n_scores = score_ranks(dt.scores)
+    rank = _rank_by_position(group, pos, len(gt.image_ids) * n_cat)
     if max_dets is not None:
         keep = np.flatnonzero(rank < int(max_dets))
         dt = DetTable(dt.image[keep], dt.category[keep], dt.boxes[keep], dt.scores[keep])
-        group, rank = group[keep], rank[keep]
+        group, rank, dense = group[keep], rank[keep], dense[keep]
     matched = greedy_match(
         group, rank, dt.boxes, gt.image * n_cat + gt.category, gt.boxes, np.minimum(thrs, 1 - 1e-10)
     )
@@ -469,7 +484,6 @@ def evaluate_tables(
     n_gt = np.bincount(gt.category, minlength=n_cat)
 
     # pycocotools' accumulation order: category, score desc, image id asc, results order
-    _, dense, n_scores = score_ranks(dt.scores)
     order = sort_order([(dt.category, n_cat), (dense, n_scores), (dt.image, len(gt.image_ids))])
     cat_sorted = dt.category[order]
     cat_bounds = np.searchsorted(cat_sorted, np.arange(n_cat + 1))
@@ -496,10 +510,44 @@ def evaluate_tables(
                 q[hit] = pr_mono[t, inds[hit]]
             ap[t, k] = q.mean()
             rec[t, k] = rc[t, -1] if nd else 0.0
-            if t == 0:
+            if t == 0 and with_curves:
                 curves[int(gt.category_ids[k])] = PrCurve(
                     _readonly(dt.scores[sel]), _readonly(rc[0]), _readonly(pr[0]), _readonly(q)
                 )
+    return ap, rec, curves, n_gt
+
+
+def class_ap(gt: GtTable, dt: DetTable, iou_thrs: Sequence[float] = COCO_IOU_THRESHOLDS) -> np.ndarray:
+    """``(T, K)`` AP per IoU threshold and category (of ``gt.category_ids``), NaN without ground truth.
+
+    The values `evaluate_tables` averages; a category's column depends only on that category's
+    rows, so columns of tables holding different categories can be put together and averaged with
+    `mean_ap`, giving `evaluate_tables`' ``map`` of the joined table bit for bit.
+
+    Raises:
+        ValueError: if ``iou_thrs`` is empty or outside ``[0, 1]``.
+    """
+    return _accumulate(gt, dt, _check_thresholds(iou_thrs, None), None, with_curves=False)[0]
+
+
+def mean_ap(ap: np.ndarray, gt: GtTable) -> float:
+    """`evaluate_tables`' ``map`` of an AP matrix (`class_ap`): the mean over categories with ground truth."""
+    valid = np.bincount(gt.category, minlength=len(gt.category_ids)) > 0
+    return float(ap[:, valid].mean()) if valid.any() else math.nan
+
+
+def evaluate_tables(
+    gt: GtTable, dt: DetTable, iou_thrs: Sequence[float] = COCO_IOU_THRESHOLDS, max_dets: int | None = None
+) -> MapResult:
+    """COCO mAP of parsed tables; see the module docstring for the exact rules.
+
+    Raises:
+        ValueError: if ``iou_thrs`` is empty or outside ``[0, 1]``, or
+            ``max_dets`` is not positive.
+    """
+    thrs = _check_thresholds(iou_thrs, max_dets)
+    keys = [round(float(t), 6) for t in thrs]
+    ap, rec, curves, n_gt = _accumulate(gt, dt, thrs, max_dets, with_curves=True)
     valid = n_gt > 0
     cat_ids = [int(c) for c in gt.category_ids[valid]]
     ap_v, rec_v = ap[:, valid], rec[:, valid]

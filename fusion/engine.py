@@ -2,7 +2,10 @@
 
 `fuse` fuses the detections of one image, `fuse_many` those of every image of a dataset (faster than
 calling `fuse` per image: all images advance together). Both take and return `Detections` in absolute
-pixels; boxes are divided by the image's width and height only inside the fusion.
+pixels; boxes are divided by the image's width and height only inside the fusion. A sweep that fuses
+the same boxes with many settings flattens them once (`flatten_many`, a `FlatBoxes`) and calls
+`fuse_flat` per setting, which returns columns (`FlatFused`) holding exactly the rows of `fuse_many`'s
+`Detections`.
 
 Results equal ensemble-boxes 1.0.9 (``weighted_boxes_fusion``, ``nms``, ``soft_nms``,
 ``non_maximum_weighted``) given the same boxes divided by ``(width, height, width, height)``, within
@@ -29,79 +32,82 @@ halve every score); NMW by ``weight / max(weights)``. Soft-NMS returns the kept 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 
+from core.boxes import box_area as _area
 from core.detections import Detections
 from fusion.nms import nms_groups, soft_nms_groups
+from fusion.settings import CONF_TYPES, METHODS, SOFT_METHODS, FusionSettings
 from fusion.wbf import nmw_groups, wbf_groups
 
 Method = Literal["wbf", "nms", "soft-nms", "nmw"]
-METHODS = ("wbf", "nms", "soft-nms", "nmw")
-CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
-SOFT_METHODS = ("gaussian", "linear")
+__all__ = [
+    "BOX_TOLERANCE_PX",
+    "CONF_TYPES",
+    "METHODS",
+    "SOFT_METHODS",
+    "FlatBoxes",
+    "FlatFused",
+    "flatten",
+    "flatten_many",
+    "fuse",
+    "fuse_flat",
+    "fuse_many",
+    "fuse_with",
+]
 BOX_TOLERANCE_PX = 1.0
 """How far (pixels) a box may reach outside the image before `fuse` refuses it."""
 
 
-def fuse(
-    dets: Sequence[Detections],
-    width: int,
-    height: int,
-    *,
-    method: Method = "wbf",
-    weights: Sequence[float] | None = None,
-    iou_thr: float = 0.55,
-    skip_box_thr: float = 0.0,
-    conf_type: str = "avg",
-    sigma: float = 0.5,
-    soft_method: Literal["gaussian", "linear"] = "gaussian",
-    soft_score_thr: float = 0.001,
-) -> Detections:
+def fuse(dets: Sequence[Detections], width: int, height: int, **options: Any) -> Detections:
     """Fuse several models' detections of one image.
 
     Args:
         dets: one `Detections` per model (boxes ``xyxy`` in pixels of a ``width`` x ``height`` image);
             a model may have none.
         width, height: the image size in pixels (> 0).
-        method: ``wbf`` (weighted boxes fusion), ``nms``, ``soft-nms`` or ``nmw`` (non-maximum weighted).
-        weights: one positive weight per model; default all 1.
-        iou_thr: IoU in ``[0, 1]`` above which boxes of one label match (or suppress).
-        skip_box_thr: boxes with a score below this are dropped first.
-        conf_type: WBF's score: ``avg``, ``max``, ``box_and_model_avg`` or ``absent_model_aware_avg``.
-        sigma: Soft-NMS gaussian ``sigma`` (> 0).
-        soft_method: Soft-NMS decay, ``gaussian`` or ``linear`` (``1 - iou`` above ``iou_thr``).
-        soft_score_thr: Soft-NMS keeps boxes whose decayed score is above this (ensemble-boxes' ``thresh``).
+        **options: fields of `fusion.settings.FusionSettings` but the gate's: ``method`` (``wbf``,
+            ``nms``, ``soft-nms`` or ``nmw``), ``weights`` (one positive weight per model; default all 1),
+            ``iou_thr`` (IoU in ``[0, 1]`` above which boxes of one label match or suppress),
+            ``skip_box_thr`` (boxes scoring below it are dropped first), ``conf_type`` (WBF's score),
+            ``sigma``, ``soft_method`` and ``soft_score_thr`` (Soft-NMS's decay and what it keeps).
 
     Returns:
         `Detections` in pixels, sorted by descending score, scores in ``[0, 1]``.
 
     Raises:
-        ValueError: for an unknown method, conf_type or soft_method, a bad threshold, size or weight,
-            a ``weights`` whose length is not ``len(dets)``, or a box more than ``BOX_TOLERANCE_PX``
-            outside the image (naming the model index and the box).
+        ValueError: for an unknown option, method, conf_type or soft_method, a bad threshold, size or
+            weight, a ``weights`` whose length is not ``len(dets)``, or a box more than
+            ``BOX_TOLERANCE_PX`` outside the image (naming the model index and the box).
         TypeError: if an element of ``dets`` is not a `Detections`.
     """
-    return _fuse_images(
-        [("", dets, width, height)],
-        len(dets),
-        method=method,
-        weights=weights,
-        iou_thr=iou_thr,
-        skip_box_thr=skip_box_thr,
-        conf_type=conf_type,
-        sigma=sigma,
-        soft_method=soft_method,
-        soft_score_thr=soft_score_thr,
-    )[0]
+    return _fuse_images([("", dets, width, height)], len(dets), box_settings(options))[0]
+
+
+def box_settings(options: Mapping[str, Any]) -> FusionSettings:
+    """`FusionSettings` from keyword options of `fuse`/`fuse_many` (no gate fields).
+
+    Raises:
+        ValueError: naming unknown options, or gate options (the gate is `fusion.gate.apply_gate`'s).
+    """
+    kw = dict(options)
+    if kw.get("weights") is not None:
+        kw["weights"] = tuple(kw["weights"])
+    names = {f.name for f in fields(FusionSettings)} - {"gate_mode", "low", "high"}
+    unknown = sorted(set(kw) - names)
+    if unknown:
+        raise ValueError(f"unknown fusion options {unknown}; known: {', '.join(sorted(names))}")
+    return FusionSettings(**kw)
 
 
 def fuse_many(
     per_model: Sequence[Mapping[int, Detections]],
     sizes: Mapping[int, tuple[int, int]],
-    **kw: object,
+    **kw: Any,
 ) -> dict[int, Detections]:
     """Fuse several models' detections over all images of a dataset.
 
@@ -117,96 +123,173 @@ def fuse_many(
     Raises:
         ValueError: as `fuse` (naming the image id too), or if a model has an image id not in ``sizes``.
     """
-    unknown = set(kw) - {
-        "method",
-        "weights",
-        "iou_thr",
-        "skip_box_thr",
-        "conf_type",
-        "sigma",
-        "soft_method",
-        "soft_score_thr",
-    }
-    if unknown:
-        raise ValueError(f"unknown fusion options {sorted(unknown)}")
+    settings = box_settings(kw)
+    return fuse_with(per_model, sizes, settings)
+
+
+def fuse_with(
+    per_model: Sequence[Mapping[int, Detections]],
+    sizes: Mapping[int, tuple[int, int]],
+    settings: FusionSettings,
+) -> dict[int, Detections]:
+    """`fuse_many` with the options of a `FusionSettings` (its gate fields are not used here).
+
+    Raises:
+        ValueError: as `fuse_many`.
+    """
+    _check_ids(per_model, sizes)
+    settings.validate()
+    if len(per_model) == 0:
+        raise ValueError("need detections of at least one model, got none")
+    flat = flatten_many(per_model, sizes)
+    return dict(zip(sizes, fuse_flat(flat, settings).split(), strict=True))
+
+
+def flatten_many(
+    per_model: Sequence[Mapping[int, Detections]], sizes: Mapping[int, tuple[int, int]]
+) -> FlatBoxes:
+    """`flatten` of a dataset: image ``k`` of the result is the ``k``-th id of ``sizes``.
+
+    Args:
+        per_model: one mapping ``image_id -> Detections`` per model, as `fuse_many` takes.
+        sizes: ``image_id -> (width, height)`` of every image to fuse.
+
+    Raises:
+        ValueError: as `fuse_many`.
+        TypeError: if a detection is not a `Detections`.
+    """
+    _check_ids(per_model, sizes)
+    empty = Detections.empty()
+    images = []
+    for i, (w, h) in sizes.items():
+        images.append((f"image {i}: ", [m.get(i, empty) for m in per_model], w, h))
+    return flatten(images, len(per_model))
+
+
+def _check_ids(per_model: Sequence[Mapping[int, Detections]], sizes: Mapping[int, tuple[int, int]]) -> None:
     for t, m in enumerate(per_model):
         extra = [i for i in m if i not in sizes]
         if extra:
             raise ValueError(f"model {t} has detections for image ids not in sizes, e.g. {extra[:5]}")
-    empty = Detections.empty()
-    ids = list(sizes)
-    images = []
-    for i in ids:
-        w, h = sizes[i]
-        images.append((f"image {i}: ", [m.get(i, empty) for m in per_model], w, h))
-    return dict(zip(ids, _fuse_images(images, len(per_model), **kw), strict=True))  # type: ignore[arg-type]
 
 
-def _check_options(
-    method: str,
-    conf_type: str,
-    soft_method: str,
-    iou_thr: float,
-    skip_box_thr: float,
-    sigma: float,
-    soft_score_thr: float,
-    weights: Sequence[float] | None,
-    n_models: int,
-) -> np.ndarray:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if conf_type not in CONF_TYPES:
-        raise ValueError(f"unknown conf_type {conf_type!r}; known: {', '.join(CONF_TYPES)}")
-    if soft_method not in SOFT_METHODS:
-        raise ValueError(f"unknown soft_method {soft_method!r}; known: {', '.join(SOFT_METHODS)}")
-    if not 0.0 <= iou_thr <= 1.0:
-        raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr!r}")
-    if not np.isfinite(skip_box_thr):
-        raise ValueError(f"skip_box_thr must be finite, got {skip_box_thr!r}")
-    if not (np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be > 0, got {sigma!r}")
-    if not np.isfinite(soft_score_thr):
-        raise ValueError(f"soft_score_thr must be finite, got {soft_score_thr!r}")
-    if n_models == 0:
-        raise ValueError("need detections of at least one model, got none")
-    if weights is None:
-        return np.ones(n_models)
-    w = np.array(weights, dtype=np.float64).reshape(-1)
-    if len(w) != n_models:
-        raise ValueError(f"got {len(w)} weights {list(weights)} for {n_models} models")
-    if not (np.isfinite(w).all() and (w > 0).all()):
-        raise ValueError(f"weights must be finite and > 0, got {list(weights)}")
-    return w
+@dataclass(frozen=True, eq=False)
+class FlatBoxes:
+    """Every model's boxes of a set of images, checked, normalised and flattened once (`flatten`).
+
+    What `fuse_flat` fuses: a sweep flattens its inputs once and fuses them with many settings. Rows
+    are in image, then model, then row order; coordinates are ``xyxy`` divided by the image size and
+    clipped to ``[0, 1]``.
+
+    Attributes:
+        n_models: the number of models (weights are per model).
+        scale: ``(I, 4)`` float64 ``(width, height, width, height)`` of each image, in the order given.
+        img, model: ``(T,)`` int64 image index and model index of each box.
+        boxes: ``(T, 4)`` float64 normalised boxes.
+        score: ``(T,)`` float64 scores as the models gave them.
+        label: ``(T,)`` int64 labels.
+        nonzero: ``(T,)`` bool, False for zero-area boxes (always dropped).
+        group: ``(T,)`` int64 ``img * n_label_values + (label - min label)``: sorting by it sorts by
+            image, then label.
+        n_groups: an upper bound of ``group``.
+    """
+
+    n_models: int
+    scale: np.ndarray
+    img: np.ndarray
+    model: np.ndarray
+    boxes: np.ndarray
+    score: np.ndarray
+    label: np.ndarray
+    nonzero: np.ndarray
+    group: np.ndarray
+    n_groups: int
+    _orders: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.scale)
+
+    def cached_order(self, key: tuple, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """``make()``, remembered under ``key`` (only the latest key is kept, so memory stays flat)."""
+        hit = self._orders.get(key)
+        if hit is None:
+            self._orders.clear()
+            hit = self._orders[key] = make()
+        return hit
+
+
+@dataclass(frozen=True, eq=False)
+class FlatFused:
+    """Fused boxes of every image as columns: the rows of the `Detections` that `fuse_many` returns.
+
+    Rows are grouped by image (ascending index), each image's rows by descending score, exactly as
+    `split` hands them out.
+
+    Attributes:
+        image: ``(K,)`` int64 image index (the order of the images given to `flatten`).
+        labels: ``(K,)`` int64 labels.
+        boxes: ``(K, 4)`` float32 ``xyxy`` pixels.
+        scores: ``(K,)`` float32 scores in ``[0, 1]``.
+        n_images: the number of images.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    n_images: int
+
+    def bounds(self) -> np.ndarray:
+        """``(I + 1,)`` start of each image's rows (rows of image ``i`` are ``bounds[i]:bounds[i + 1]``)."""
+        return np.searchsorted(self.image, np.arange(self.n_images + 1))
+
+    def split(self) -> list[Detections]:
+        """One `Detections` per image (empty where nothing was fused)."""
+        bounds = self.bounds()
+        out = []
+        for i in range(self.n_images):
+            a, b = bounds[i], bounds[i + 1]
+            out.append(
+                Detections(self.boxes[a:b], self.scores[a:b], self.labels[a:b]) if b > a else Detections.empty()
+            )
+        return out
 
 
 def _fuse_images(
-    images: Sequence[tuple[str, Sequence[Detections], int, int]],
-    n_models: int,
-    *,
-    method: str = "wbf",
-    weights: Sequence[float] | None = None,
-    iou_thr: float = 0.55,
-    skip_box_thr: float = 0.0,
-    conf_type: str = "avg",
-    sigma: float = 0.5,
-    soft_method: str = "gaussian",
-    soft_score_thr: float = 0.001,
+    images: Sequence[tuple[str, Sequence[Detections], int, int]], n_models: int, settings: FusionSettings
 ) -> list[Detections]:
     """Fuse each image of ``(error prefix, per-model detections, width, height)``."""
-    w = _check_options(
-        method, conf_type, soft_method, iou_thr, skip_box_thr, sigma, soft_score_thr, weights, n_models
-    )
-    flat = _flatten(images, n_models)
-    if flat is None:
-        return [Detections.empty() for _ in images]
-    img, model, boxes, score, label = flat
+    settings.validate()
+    if n_models == 0:
+        raise ValueError("need detections of at least one model, got none")
+    return fuse_flat(flatten(images, n_models), settings).split()
+
+
+def fuse_flat(flat: FlatBoxes, settings: FusionSettings) -> FlatFused:
+    """Fuse flattened boxes (`flatten`) with ``settings``' fusion options: `fuse_many` without the dicts.
+
+    Orders that only depend on the method and weights (the boxes sorted by weighted score within
+    each image and label) are computed once for consecutive calls with the same method and weights
+    (see `FlatBoxes.cached_order`); ``iou_thr`` and ``skip_box_thr`` only filter and match.
+
+    Raises:
+        ValueError: for invalid settings or a ``weights`` of the wrong length.
+    """
+    settings.validate()
+    if flat.n_models == 0:
+        raise ValueError("need detections of at least one model, got none")
+    w = settings.model_weights(flat.n_models)
+    method, iou_thr, skip_box_thr = settings.method, settings.iou_thr, settings.skip_box_thr
+    weights = settings.weights
+    img, model, boxes, score, label = flat.img, flat.model, flat.boxes, flat.score, flat.label
     keep = score >= skip_box_thr
-    keep &= _area(boxes) != 0.0
-    img, model, boxes, score, label = img[keep], model[keep], boxes[keep], score[keep], label[keep]
+    keep &= flat.nonzero
+    wkey = None if weights is None else tuple(float(x) for x in w)
 
     if method == "wbf":
         sw = score * w[model]
-        order, starts, lengths, g_img, g_lab = _group(img, label, sw, "argsort_desc")
+        order, starts, lengths, g_img, g_lab = _group(flat, keep, sw, "argsort_desc", ("wbf", wkey))
         g, fb, fs = wbf_groups(
             boxes[order],
             sw[order],
@@ -216,88 +299,127 @@ def _fuse_images(
             lengths,
             w,
             float(iou_thr),
-            conf_type,
+            settings.conf_type,
         )
         out_img, out_lab = g_img[g], g_lab[g]
     elif method == "nmw":
         sw = score * (w / w.max())[model]
-        order, starts, lengths, g_img, g_lab = _group(img, label, sw, "argsort_desc")
+        order, starts, lengths, g_img, g_lab = _group(flat, keep, sw, "argsort_desc", ("nmw", wkey))
         g, fb, fs = nmw_groups(boxes[order], sw[order], starts, lengths, float(iou_thr))
         out_img, out_lab = g_img[g], g_lab[g]
     else:
         # ensemble-boxes keeps float32 scores when no weights are given (Soft-NMS decays them in float32)
         sc = score.astype(np.float32) if weights is None else (score * w[model]) / w.sum()
         if method == "nms":
-            order, starts, lengths, _, _ = _group(img, label, sc, "stable_desc")
+            order, starts, lengths, _, _ = _group(flat, keep, sc, "stable_desc", ("nms", wkey))
             kept = nms_groups(boxes[order], starts, lengths, float(iou_thr))
         else:
-            order, starts, lengths, _, _ = _group(img, label, sc, "input")
+            order, starts, lengths, _, _ = _group(flat, keep, sc, "input", ("input",))
             kept = soft_nms_groups(
                 boxes[order],
                 sc[order],
                 starts,
                 lengths,
                 iou_thr=float(iou_thr),
-                sigma=float(sigma),
-                score_thr=float(soft_score_thr),
-                linear=soft_method == "linear",
+                sigma=float(settings.sigma),
+                score_thr=float(settings.soft_score_thr),
+                linear=settings.soft_method == "linear",
             )
         sel = order[kept]
         out_img, out_lab, fb, fs = img[sel], label[sel], boxes[sel], sc[sel].astype(np.float64)
-    return _split(images, out_img, out_lab, fb, fs)
+    return _collect(flat, out_img, out_lab, fb, fs)
 
 
-def _area(b: np.ndarray) -> np.ndarray:
-    return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+def flatten(images: Sequence[tuple[str, Sequence[Detections], int, int]], n_models: int) -> FlatBoxes:
+    """Concatenate all boxes (image, then model, then row order), normalised, checked and clipped to [0, 1].
 
+    Args:
+        images: ``(error prefix, per-model detections, width, height)`` per image.
+        n_models: the number of models every image must have detections of.
 
-def _flatten(images: Sequence[tuple[str, Sequence[Detections], int, int]], n_models: int):
-    """Concatenate all boxes (image, then model, then row order), normalised, checked and clipped to [0, 1]."""
-    parts = []
+    Raises:
+        ValueError: for an image with detections of another number of models, a size that is not
+            positive, or a box more than ``BOX_TOLERANCE_PX`` outside its image (naming both).
+        TypeError: if a detection is not a `Detections`.
+    """
+    parts: list[tuple[int, int, Detections]] = []
+    scale = np.zeros((len(images), 4), np.float64)
     for i, (where, dets, width, height) in enumerate(images):
         if len(dets) != n_models:
             raise ValueError(f"{where}got detections of {len(dets)} models, expected {n_models}")
         if not (width > 0 and height > 0):
             raise ValueError(f"{where}image size must be positive, got width={width!r} height={height!r}")
-        scale = np.array([width, height, width, height], np.float64)
+        scale[i] = (width, height, width, height)
         for t, d in enumerate(dets):
             if not isinstance(d, Detections):
                 raise TypeError(f"{where}model {t}: expected Detections, got {type(d).__name__}")
-            if len(d) == 0:
-                continue
-            b = d.boxes.astype(np.float64)
-            tol = BOX_TOLERANCE_PX
-            bad = (b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > width + tol) | (b[:, 3] > height + tol)
-            if bad.any():
-                j = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"{where}model {t} box {j} {d.boxes[j].tolist()} lies outside the {width}x{height} image "
-                    f"(by more than {tol} px)"
-                )
-            parts.append((i, t, b / scale, d.scores, d.labels))
+            if len(d):
+                parts.append((i, t, d))
     if not parts:
-        return None
-    img = np.concatenate([np.full(len(p[2]), p[0], np.int64) for p in parts])
-    model = np.concatenate([np.full(len(p[2]), p[1], np.int64) for p in parts])
-    boxes = np.clip(np.concatenate([p[2] for p in parts]), 0.0, 1.0)
-    score = np.concatenate([p[3] for p in parts]).astype(np.float64)
-    label = np.concatenate([p[4] for p in parts]).astype(np.int64)
-    return img, model, boxes, score, label
+        none = np.zeros(0, np.int64)
+        return FlatBoxes(
+            n_models, scale, none, none, np.zeros((0, 4)), np.zeros(0), none, np.zeros(0, bool), none, 1
+        )
+    counts = np.array([len(d) for _, _, d in parts], np.int64)
+    img = np.repeat(np.array([i for i, _, _ in parts], np.int64), counts)
+    model = np.repeat(np.array([t for _, t, _ in parts], np.int64), counts)
+    b = np.concatenate([d.boxes for _, _, d in parts]).astype(np.float64)
+    size = scale[img]
+    tol = BOX_TOLERANCE_PX
+    bad = (b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > size[:, 2] + tol) | (b[:, 3] > size[:, 3] + tol)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        k = int(np.searchsorted(np.cumsum(counts), row, side="right"))
+        i, t, d = parts[k]
+        j = row - int(counts[:k].sum())
+        where, _, width, height = images[i]
+        raise ValueError(
+            f"{where}model {t} box {j} {d.boxes[j].tolist()} lies outside the {width}x{height} image "
+            f"(by more than {tol} px)"
+        )
+    boxes = np.clip(b / size, 0.0, 1.0)
+    score = np.concatenate([d.scores for _, _, d in parts]).astype(np.float64)
+    label = np.concatenate([d.labels for _, _, d in parts]).astype(np.int64)
+    lo, hi = int(label.min()), int(label.max())
+    group = img * (hi - lo + 1) + (label - lo)
+    return FlatBoxes(
+        n_models, scale, img, model, boxes, score, label, _area(boxes) != 0.0, group, len(images) * (hi - lo + 1)
+    )
 
 
-def _group(img: np.ndarray, label: np.ndarray, key: np.ndarray, how: str):
-    """Order rows into (image, label) groups; within a group by ``how``.
+def _order_by(major: np.ndarray, n_major: int, key: np.ndarray | None = None) -> np.ndarray:
+    """Stable order by ``major`` (ints in ``[0, n_major)``), then by descending ``key``, ties in input order.
+
+    The order of ``np.lexsort((-key, major))`` (or of a stable sort by ``major`` alone), from two
+    plain sorts: ``key`` becomes its position in a stable descending sort, which breaks every tie.
+    """
+    n = len(major)
+    if key is None:
+        return np.argsort(major, kind="stable")
+    pos = np.empty(n, np.int64)
+    pos[np.argsort(-key, kind="stable")] = np.arange(n)
+    if n_major * max(n, 1) < 2**62:
+        return np.argsort(major * n + pos)  # unique keys: any sort gives the one order
+    return np.lexsort((pos, major))
+
+
+def _group(flat: FlatBoxes, keep: np.ndarray, key: np.ndarray, how: str, cache_key: tuple):
+    """Order the kept rows into (image, label) groups; within a group by ``how``.
 
     ``argsort_desc`` reproduces ensemble-boxes' ``keys.argsort()[::-1]`` per group, ties included;
-    ``stable_desc`` sorts by descending key, ties in input order; ``input`` keeps input order.
+    ``stable_desc`` sorts by descending key, ties in input order; ``input`` keeps input order. The
+    order of all rows (a stable sort) is cached under ``cache_key`` and the kept rows taken from it,
+    which is the stable sort of the kept rows: the same order as sorting them alone.
 
     Returns:
-        ``(order, starts, lengths, group_image, group_label)``.
+        ``(order, starts, lengths, group_image, group_label)``; ``order`` indexes the rows of ``flat``.
     """
+    img, label = flat.img, flat.label
     if how == "input":
-        order = np.lexsort((label, img))
+        full = flat.cached_order(cache_key, lambda: _order_by(flat.group, flat.n_groups))
     else:
-        order = np.lexsort((-key.astype(np.float64), label, img))
+        full = flat.cached_order(cache_key, lambda: _order_by(flat.group, flat.n_groups, key))
+    order = full[keep[full]]
     gi, gl = img[order], label[order]
     new = np.ones(len(order), bool)
     new[1:] = (gi[1:] != gi[:-1]) | (gl[1:] != gl[:-1])
@@ -315,23 +437,20 @@ def _group(img: np.ndarray, label: np.ndarray, key: np.ndarray, how: str):
     return order, starts, lengths, gi[starts], gl[starts]
 
 
-def _split(images, out_img, out_lab, boxes, scores) -> list[Detections]:
-    """Per-image `Detections` in pixels, sorted by descending score, scores clipped at 1."""
-    order = np.lexsort((-scores, out_img))
-    out_img, out_lab, boxes, scores = out_img[order], out_lab[order], boxes[order], scores[order]
-    bounds = np.searchsorted(out_img, np.arange(len(images) + 1))
-    result = []
-    for i, (_, _, width, height) in enumerate(images):
-        a, b = bounds[i], bounds[i + 1]
-        if a == b:
-            result.append(Detections.empty())
-            continue
-        scale = np.array([width, height, width, height], np.float64)
-        result.append(
-            Detections(
-                (boxes[a:b] * scale).astype(np.float32),
-                np.minimum(scores[a:b], 1.0).astype(np.float32),
-                out_lab[a:b],
-            )
+def _collect(flat: FlatBoxes, out_img, out_lab, boxes, scores) -> FlatFused:
+    """Fused rows in pixels, grouped by image and sorted by descending score, scores clipped at 1."""
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        # ensemble-boxes divides by the summed scores too: clusters whose boxes all score 0 give NaN
+        raise ValueError(
+            "fusion gave non-finite boxes or scores: boxes of score 0 formed a cluster; "
+            "set skip_box_thr above 0 to drop them"
         )
-    return result
+    order = _order_by(out_img, flat.n_images, scores)
+    out_img, out_lab, boxes, scores = out_img[order], out_lab[order], boxes[order], scores[order]
+    return FlatFused(
+        image=out_img,
+        labels=out_lab,
+        boxes=(boxes * flat.scale[out_img]).astype(np.float32),
+        scores=np.minimum(scores, 1.0).astype(np.float32),
+        n_images=flat.n_images,
+    )

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion.wbf import _active_counts, _area, _chunks, _iou_to_slots
+from fusion.wbf import _active_counts, _area, _chunks, _coordinate_major, _empty_slots, _iou_to_slots
 
 
 def nms_groups(boxes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, iou_thr: float) -> np.ndarray:
     """Greedy NMS of every group: a box is kept unless an earlier kept box has IoU strictly above ``iou_thr``.
+
+    Each step compares the next box of every group with that group's boxes kept so far only (not
+    with every earlier box), held in coordinate-major slots.
 
     Args:
         boxes: ``(T, 4)`` float64 normalised ``xyxy``, each group sorted by descending score.
@@ -25,25 +28,30 @@ def nms_groups(boxes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, iou_t
         ``(T,)`` bool, True for kept rows.
     """
     keep_all = np.zeros(len(boxes), bool)
-    for gs in _chunks(lengths, budget=1 << 16):
+    for gs in _chunks(lengths, budget=1 << 14):  # small chunks: the slots stay in cache
         st, ln = starts[gs], lengths[gs]
         n_g, c_max = len(gs), int(ln[0])
         if c_max == 0:
             continue
-        slot_ids = np.arange(c_max)
-        valid = slot_ids[None, :] < ln[:, None]
-        rows = np.where(valid, st[:, None] + slot_ids[None, :], 0)
-        padded = np.where(valid[..., None], boxes[rows], 0.0)
-        area = _area(padded)
-        keep = np.zeros((n_g, c_max), bool)
+        kept = _empty_slots(n_g, c_max)  # empty slots overlap nothing: no mask needed
+        kept_area = np.zeros((n_g, c_max))
+        n_kept = np.zeros(n_g, np.int64)
         for k, n_act in enumerate(_active_counts(ln, c_max)):
             n_act = int(n_act)
-            if k == 0:
-                keep[:n_act, 0] = True
-                continue
-            iou = _iou_to_slots(padded[:n_act, :k], area[:n_act, :k], padded[:n_act, k], area[:n_act, k])
-            keep[:n_act, k] = ~((iou > iou_thr) & keep[:n_act, :k]).any(1)
-        keep_all[rows[valid & keep]] = True
+            idx = st[:n_act] + k
+            b = boxes[idx]
+            b_area = _area(b)
+            m = int(n_kept[:n_act].max())
+            if m:
+                iou = _iou_to_slots(kept[:n_act, :m], kept_area[:n_act, :m], b, b_area)
+                ok = np.flatnonzero(~(iou > iou_thr).any(1))
+            else:
+                ok = np.arange(n_act)
+            c = n_kept[ok]
+            kept[ok, c] = b[ok]
+            kept_area[ok, c] = b_area[ok]
+            n_kept[ok] += 1
+            keep_all[idx[ok]] = True
     return keep_all
 
 
@@ -83,7 +91,7 @@ def soft_nms_groups(
         slot_ids = np.arange(c_max)
         valid = slot_ids[None, :] < ln[:, None]
         rows = np.where(valid, st[:, None] + slot_ids[None, :], -1)
-        det = np.where(valid[..., None], boxes[np.maximum(rows, 0)], 0.0)
+        det = _coordinate_major(np.where(valid[..., None], boxes[np.maximum(rows, 0)], 0.0))
         area = _area(det)
         sc = np.where(valid, scores[np.maximum(rows, 0)], -np.inf).astype(scores.dtype)
         for i, n_act in enumerate(_active_counts(ln, c_max)):

@@ -18,12 +18,12 @@ from core.detections import Detections
 from core.io import read_json, write_json
 from core.predictions import meta_path, read_meta, read_predictions, write_gate, write_predictions
 from ensemble.__main__ import main
-from fusion.engine import fuse_many
-from fusion.gate import NO_FINDING, apply_gate
 from ensemble.inputs import read_inputs
 from ensemble.run import fuse_and_gate
-from fusion.settings import FusionSettings
 from eval.metrics import vinbig_map
+from fusion.engine import fuse_many
+from fusion.gate import NO_FINDING, apply_gate
+from fusion.settings import FusionSettings
 from tests.conftest_paths import REPO
 from tests.test_fusion import canonical, reference
 
@@ -362,6 +362,28 @@ def test_sweep_finds_the_better_setting_and_run_config_reproduces_its_score(case
     assert meta["options"]["weights"] == [1.0, 1.0, 8.0] and meta["method"] == best["method"]
     assert meta["config"] == str(out / "best.yaml")
     assert vinbig_map(gt, read_json(fused)).map == pytest.approx(by_setting[(best["method"], bad, 0.5)])
+
+
+@pytest.mark.parametrize("metric", ["vinbig", "coco", "rsna"])
+def test_every_sweep_score_is_exactly_the_leaderboard_score_of_the_file_run_writes(case, metric):
+    """One scorer: for every setting, the sweep's score == the leaderboard's score of ``run``'s file, to the bit."""
+    from ensemble.run import run
+    from eval.leaderboard import build_leaderboard
+    from fusion.settings import settings_from_mapping
+
+    out = case["dir"] / f"sweep_{metric}"
+    args = ["sweep", "--dataset", case["dataset"], "--preds", *case["preds"][:2], "--gate", case["gate"],
+            "--out", out, "--metric", metric, "--methods", "wbf,nms,soft-nms,nmw", "--iou-thr", "0.3,0.55",
+            "--skip-box-thr", "0", "--weights", "1,2", "--gate-modes", "none,append,rescale"]  # fmt: skip
+    assert cli(*args) == 0
+    rows = read_json(out / "results.json")["results"]
+    assert len(rows) == 4 * 2 * 3 and len({r["score"] for r in rows}) > 3  # the settings do differ
+    for k, r in enumerate(rows):
+        settings = settings_from_mapping({key: r[key] for key in r if key not in ("rank", "score", "fuse_seconds")})
+        fused = run(case["preds"][:2], case["dataset"], settings, case["dir"] / f"{metric}_{k}.json",
+                    gate=case["gate"] if settings.gate_mode else None)  # fmt: skip
+        board = build_leaderboard(case["dataset"], [fused], metric=metric, bootstrap=0)
+        assert board.rows[0].score == r["score"], (k, r)
 
 
 def test_sweep_with_gate_picks_a_gate_and_run_reproduces_it(case):
