@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cli import one_line, progress
-from core.detections import Detections
+from core.detections import BOX_DECIMALS, SCORE_DECIMALS, Detections
 from core.io import atomic_open, write_json, write_png
 from infer.bundle import Bundle, InferError, cxrfuse_version, export_bundle, load_bundle
 from infer.sources import Decoded, Failure, Source, decode, find_sources
@@ -27,9 +27,8 @@ FAILURES_JSON = "failures.json"
 FAILURES_CSV = "failures.csv"
 OVERLAYS = "overlays"
 REPORTS = "sr"
-#: decimals of box coordinates (original pixels) and scores in ``predictions.json``
-BOX_DECIMALS = 2
-SCORE_DECIMALS = 6
+#: ``predictions.json`` rounds boxes (original pixels) and scores as results files do
+#: (`core.detections.BOX_DECIMALS`, `SCORE_DECIMALS`)
 
 
 def export(
