@@ -52,12 +52,10 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
         UserError: naming ``path``, the flag and the file in the way.
     """
     path = Path(path)
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                what = "is an existing file" if p == path else f"lies under {p}, which is a file"
-                raise UserError(f"{path}: {flag} {what}, not a folder")
-            break
+    p = _file_in_the_way(path, include_self=True)
+    if p is not None:
+        what = "is an existing file" if p == path else f"lies under {p}, which is a file"
+        raise UserError(f"{path}: {flag} {what}, not a folder")
     return path
 
 
@@ -79,12 +77,18 @@ def check_out_file(path: str | Path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: {flag} is an existing folder, not a file")
-    for p in path.parents:
-        if p.exists():
-            if not p.is_dir():
-                raise UserError(f"{path}: {flag} lies under {p}, which is a file")
-            break
+    p = _file_in_the_way(path, include_self=False)
+    if p is not None:
+        raise UserError(f"{path}: {flag} lies under {p}, which is a file")
     return path
+
+
+def _file_in_the_way(path: Path, include_self: bool) -> Path | None:
+    """The nearest existing ancestor of ``path`` (or ``path`` itself) if it is not a folder, else None."""
+    for p in (path, *path.parents) if include_self else path.parents:
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:

@@ -20,6 +20,8 @@ __all__ = list(_API)
 
 
 def __getattr__(name: str) -> Any:
+    if name == "export":  # the library function of `python -m infer export`
+        return importlib.import_module("infer.bundle").export_bundle
     if name in _API:
         return getattr(importlib.import_module("infer.api"), name)
     raise AttributeError(f"module 'infer' has no attribute {name!r}")

@@ -16,7 +16,7 @@ from typing import Any
 from core.cli import one_line, progress
 from core.detections import BOX_DECIMALS, SCORE_DECIMALS, Detections
 from core.io import atomic_open, write_json, write_png
-from infer.bundle import Bundle, InferError, cxrfuse_version, export_bundle, load_bundle
+from infer.bundle import Bundle, InferError, cxrfuse_version, load_bundle
 from infer.sources import Decoded, Failure, Source, decode, find_sources
 
 logger = logging.getLogger(__name__)
@@ -27,29 +27,6 @@ FAILURES_JSON = "failures.json"
 FAILURES_CSV = "failures.csv"
 OVERLAYS = "overlays"
 REPORTS = "sr"
-#: ``predictions.json`` rounds boxes (original pixels) and scores as results files do
-#: (`core.detections.BOX_DECIMALS`, `SCORE_DECIMALS`)
-
-
-def export(
-    pipeline_config: str | Path,
-    out: str | Path,
-    *,
-    fusion: str | None = None,
-    overrides: Sequence[str] = (),
-    work_dir: str | Path | None = None,
-    force: bool = False,
-) -> Path:
-    """Export a finished pipeline run as a bundle folder: see `infer.bundle.export_bundle`.
-
-    Returns:
-        ``out``.
-
-    Raises:
-        InferError: as `infer.bundle.export_bundle` (a step of the run missing, ``out`` exists, ...).
-        pipeline.config.PipelineError, adapters.config.ConfigError: a config that does not validate.
-    """
-    return export_bundle(pipeline_config, out, fusion=fusion, overrides=overrides, work_dir=work_dir, force=force)
 
 
 @dataclass
