@@ -25,7 +25,7 @@ D2_VERSION="0.6"
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # The stamp records what was installed; if it matches this script, we are done.
-WANT="$(sha256sum "$ROOT/scripts/setup.sh" "$ROOT/requirements.txt" | sha256sum | cut -c1-16)"
+WANT="$(sha256sum "$ROOT/scripts/setup.sh" "$ROOT/requirements.txt" "$ROOT/requirements-ray.txt" | sha256sum | cut -c1-16)-ray${CXRFUSE_RAY:-1}"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
    && "$VENV/bin/python" -c "import torch, ultralytics, mmcv.ops, mmdet, pydicom" 2>/dev/null; then
     say "environment up to date ($VENV)"
@@ -103,6 +103,11 @@ fi
 
 say "installing mmcv, detectron2 and the rest (requirements.txt)"
 "${PIP[@]}" install -q "$MMCV_WHEEL" "$D2_WHEEL" -r "$ROOT/requirements.txt"
+# Ray: only `python -m pipeline run --executor ray` needs it (and its tests); CXRFUSE_RAY=0 leaves it out.
+if [[ "${CXRFUSE_RAY:-1}" != "0" ]]; then
+    say "installing the Ray extra (requirements-ray.txt; CXRFUSE_RAY=0 skips it)"
+    "${PIP[@]}" install -q -r "$ROOT/requirements-ray.txt"
+fi
 # torch declares setuptools>=77; MMEngine's `mmdet::` config inheritance needs pkg_resources, gone in 81.
 "${PIP[@]}" install -q "setuptools>=77.0.3,<81"
 "${PIP[@]}" install -q --no-deps -e "$ROOT"
