@@ -4,10 +4,14 @@
   python -m adapters predict configs/yolov8n.yaml --weights runs/yolov8n/weights.pt \\
       --dataset work/coco/val.json --out preds/yolov8n.json
 
-train writes into the config's out_dir (a run directory): weights, the resolved
-config (config.yaml), the dataset's categories (categories.json) and the per-step
-loss log (loss.csv); started from weights:, it prints and records (weights_report.json)
-how many tensors were loaded, skipped and left as initialised. Weight files are read
+train writes into the config's out_dir or --out-dir (a run directory): weights, the
+config as used (config.yaml), the dataset's categories (categories.json), the per-step
+loss log (loss.csv) and the frameworks' own output (train.log; -v also shows it);
+started from weights:, it prints and records (weights_report.json) how many tensors
+were loaded, skipped and left as initialised. A run directory holding a finished run is
+refused unless --overwrite; one holding a killed run unless --resume (continue from its
+last checkpoint) or --overwrite. Under torchrun --nproc_per_node N each process trains
+its share (DDP; gloo without CUDA) and rank 0 writes the files. Weight files are read
 without running code: one that pickles Python objects (Ultralytics' own .pt) is
 refused unless --trust-weights (config: trust_weights: true). predict writes COCO
 results in absolute pixels of the dataset's images plus a NAME.meta.json sidecar
@@ -20,6 +24,7 @@ exit code 2 and one line "error: ..." (--debug: the traceback); -v shows progres
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--dataset", type=Path, help="training COCO json (default: the config's dataset.train)")
     t.add_argument("--out-dir", type=Path, help="run directory (default: the config's out_dir)")
+    run = t.add_mutually_exclusive_group()
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in the run directory (only the files a training writes are removed)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished (killed) run in the run directory from its last checkpoint, "
+        "with the same config and data",
+    )
     _trust_flag(t, "the start weights (the config's weights:)")
 
     p = sub.add_parser(
@@ -70,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument(
         "--cam", nargs="*", type=int, metavar="IMAGE_ID", help="gate only: Grad-CAM overlays of these images"
+    )
+    p.add_argument(
+        "--cam-class",
+        metavar="NAME",
+        help="classifier only: the class whose Grad-CAM is drawn (default: the binary class, else each "
+        "image's most probable class)",
     )
     p.add_argument(
         "--cam-dir", type=Path, help="gate only: folder of the Grad-CAM PNGs (default: OUT's stem + _cam)"
@@ -96,9 +119,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.cmd == "train":
         weights = adapters.train(
-            args.config, args.dataset, args.out_dir, args.set, trust_weights=args.trust_weights
+            args.config, args.dataset, args.out_dir, args.set, trust_weights=args.trust_weights,
+            overwrite=args.overwrite, resume=args.resume,
+        )  # fmt: skip
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0  # under torchrun, rank 0 reports
+        run = weights.parent
+        print(
+            f"wrote {weights} in {time.perf_counter() - t0:.0f} s "
+            f"(losses {run / 'loss.csv'}, framework log {run / 'train.log'})"
         )
-        print(f"wrote {weights} in {time.perf_counter() - t0:.0f} s (losses {weights.parent / 'loss.csv'})")
         report = weights.parent / WEIGHTS_REPORT
         if report.is_file():
             r = read_json(report)
@@ -110,7 +140,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     cam_dir = args.cam_dir or default_cam_dir(args.out)
     out = adapters.predict(
         args.config, args.weights, args.dataset, args.out,
-        name=args.name, batch_size=args.batch_size, overrides=args.set, cam=args.cam or (), cam_dir=cam_dir,
+        name=args.name, batch_size=args.batch_size, overrides=args.set, cam=args.cam or (), cam_dir=cam_dir, cam_class=args.cam_class,
         trust_weights=args.trust_weights, tta=args.tta,
     )  # fmt: skip
     meta = read_meta(out)

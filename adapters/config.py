@@ -31,6 +31,11 @@ MMDetection ``.pth``, torchvision state dicts) load without it.
 (VinBigData's many normal images): ``keep`` (the default) trains on them as background, ``drop``
 leaves them out; the resolved ``config.yaml`` of each run records it.
 
+``schedule.checkpoint_period`` spaces the resumable checkpoints of Detectron2 and MMDetection
+(``python -m adapters train --resume``): ``0`` (the default) about ten in a run of 50 or more
+iterations and none in a shorter one, ``N`` every N iterations, ``-1`` none; Ultralytics writes one
+after every epoch.
+
 ``predict.tta: [hflip]`` adds horizontal-flip test-time augmentation to any detector
 (`adapters.tta`): the flipped image is predicted too, its boxes flipped back and fused with the
 plain pass by WBF at ``predict.tta_iou``.

@@ -29,15 +29,21 @@ from adapters.base import (
     DetectorAdapter,
     LossLog,
     batched,
+    checkpoint_period,
+    checkpoint_written,
     read_image_bgr,
     resolve_device,
     to_detections,
     training_image_count,
 )
 from adapters.config import ModelConfig
-from adapters.weights import WeightsReport, save_torch_file
+from adapters.quiet import progress
+from adapters.weights import WeightsReport, load_weights, save_torch_file
 from core.coco import CocoDataset
 from core.detections import Detections
+
+#: the resumable checkpoint (model, optimizer, LR schedule, iteration), replaced as training goes on
+RESUME_FILE = Path("detectron2") / "resume.pth"
 
 
 def dataset_dicts(dataset: CocoDataset, cats: CategoryMap) -> list[dict[str, Any]]:
@@ -189,6 +195,12 @@ class Detectron2Detector(DetectorAdapter):
         finally:
             DatasetCatalog.remove(name)
 
+    @staticmethod
+    def resume_checkpoint(run_dir: Path) -> Path | None:
+        """``RUN/detectron2/resume.pth``, written every ``schedule.checkpoint_period`` iterations, if any."""
+        path = Path(run_dir) / RESUME_FILE
+        return path if path.is_file() else None
+
     # ------------------------------------------------------------------ train
     def train(self, dataset: CocoDataset, out_dir: Path) -> Path:
         import torch
@@ -238,19 +250,34 @@ class Detectron2Detector(DetectorAdapter):
         loader = build_detection_train_loader(c)
         optimizer = build_optimizer(c, model)
         trainer = SimpleTrainer(model, loader, optimizer)
-        log = LossLog(out_dir / "loss.csv") if comm.is_main_process() else None
+        resume = load_weights(self.resume_from) if self.resume_from else None
+        if resume is not None and not {"model", "trainer"} <= set(resume):
+            raise AdapterError(f"{self.resume_from}: not a CXRFuse Detectron2 resume checkpoint")
+        start_iter = int(resume["trainer"]["iteration"]) + 1 if resume is not None else 0
+        main = comm.is_main_process()
+        log = LossLog(out_dir / "loss.csv", resume_step=start_iter if resume is not None else None) if main else None
         steps_per_epoch = max(1, -(-n // s.batch_size))
+        period = checkpoint_period(s.checkpoint_period, iters)
+        bar = progress(total=iters, initial=start_iter, desc=f"train {self.name}", unit="it", disable=None if main else True)
+        core_model = model.module if world > 1 else model
 
         class LossHook(hooks.HookBase):
             def after_step(self) -> None:
-                if log is None:
-                    return
-                st = self.trainer.storage
                 it = self.trainer.iter
-                terms = {k: v[0] for k, v in st.latest().items() if k.startswith("loss_")}
-                terms["loss"] = sum(terms.values())
-                log.write(it + 1, it // steps_per_epoch + 1, terms)
+                if log is not None:
+                    st = self.trainer.storage
+                    terms = {k: v[0] for k, v in st.latest().items() if k.startswith("loss_")}
+                    terms["loss"] = sum(terms.values())
+                    log.write(it + 1, it // steps_per_epoch + 1, terms)
+                bar.update(1)
+                if period and (it + 1) % period == 0 and it + 1 < iters and main:
+                    log.flush()
+                    path = out_dir / RESUME_FILE
+                    state = {"model": core_model.state_dict(), "trainer": self.trainer.state_dict()}
+                    save_torch_file(path, {**state, "cxrfuse_model": model_record})
+                    checkpoint_written(path)
 
+        model_record = self.model_record()
         trainer.register_hooks(
             [
                 hooks.IterationTimer(),
@@ -258,14 +285,19 @@ class Detectron2Detector(DetectorAdapter):
                 LossHook(),
             ]
         )
+        if resume is not None:  # after the hooks: the LR schedule's state is one of theirs
+            core_model.load_state_dict(resume["model"])
+            trainer.load_state_dict(resume["trainer"])
         try:
-            trainer.train(0, iters)
+            if start_iter < iters:
+                trainer.train(start_iter, iters)
         except FloatingPointError as e:
             raise AdapterError(
                 f"{self.name}: training diverged ({e}); lower schedule.lr or clip gradients "
                 "(SOLVER.CLIP_GRADIENTS in options)"
             ) from None
         finally:
+            bar.close()
             if log is not None:
                 log.close()
         weights = out_dir / "weights.pth"
@@ -278,6 +310,7 @@ class Detectron2Detector(DetectorAdapter):
                     "cxrfuse_categories": cats.to_json(),
                     "framework": "detectron2",
                     "config": c.dump(),
+                    "cxrfuse_model": self.model_record(),
                 },
             )
         DatasetCatalog.remove(name)
@@ -295,6 +328,7 @@ class Detectron2Detector(DetectorAdapter):
             raise AdapterError(f"{self.weights}: not a Detectron2 checkpoint (no 'model' entry)")
         if "cxrfuse_categories" not in ckpt:
             raise AdapterError(f"{self.weights}: no class list; train it with `python -m adapters train`")
+        self.check_model(self.recorded_model(ckpt), self.weights)
         self.categories = CategoryMap.from_json(ckpt["cxrfuse_categories"])
         c = self._build_cfg(len(self.categories), resolve_device(self.cfg.device))
         c.freeze()

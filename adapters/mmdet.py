@@ -16,6 +16,7 @@ class-specific ``fc_reg`` start as initialised (``OUT/weights_report.json``).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,14 +29,22 @@ from adapters.base import (
     DetectorAdapter,
     LossLog,
     batched,
+    checkpoint_period,
+    checkpoint_written,
     read_image_bgr,
     resolve_device,
     to_detections,
     training_image_count,
 )
-from adapters.weights import save_torch_file, tensor_dict, transfer_weights
+from adapters.quiet import progress
+from adapters.weights import load_weights, save_torch_file, tensor_dict, transfer_weights
 from core.coco import CocoDataset
 from core.detections import Detections
+
+#: the resumable checkpoint (model, optimizer, LR schedule, iteration), replaced as training goes on.
+#: CXRFuse writes it, not MMEngine's CheckpointHook: MMEngine's pickle Python objects (its message
+#: hub's HistoryBuffer) that a weights-only load refuses
+RESUME_FILE = Path("mmdet") / "resume.pth"
 
 
 def _state_dict(ckpt: Any, path: Path) -> dict:
@@ -111,9 +120,16 @@ class MMDetDetector(DetectorAdapter):
         register_all_modules(init_default_scope=True)
         return len(DATASETS.build(self._train_dataset(dataset, CategoryMap.from_dataset(dataset))))
 
+    @staticmethod
+    def resume_checkpoint(run_dir: Path) -> Path | None:
+        """``RUN/mmdet/resume.pth``, written every ``schedule.checkpoint_period`` iterations, if any."""
+        path = Path(run_dir) / RESUME_FILE
+        return path if path.is_file() else None
+
     # ------------------------------------------------------------------ train
     def train(self, dataset: CocoDataset, out_dir: Path) -> Path:
         import mmdet  # noqa: F401  (framework import, only here)
+        import torch
         from mmengine.hooks import Hook
         from mmengine.runner import Runner
 
@@ -178,48 +194,88 @@ class MMDetDetector(DetectorAdapter):
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=max(1, s.log_period)),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            # intermediate checkpoints only on request: the final weights are ours (weights.pth)
-            checkpoint=dict(
-                type="CheckpointHook", by_epoch=False, interval=s.checkpoint_period, max_keep_ckpts=2
-            )
-            if s.checkpoint_period
-            else None,
+            checkpoint=None,  # ours: RESUME_FILE, every schedule.checkpoint_period; the final weights.pth
             sampler_seed=dict(type="DistSamplerSeedHook"),
         )
         c.log_processor = dict(type="LogProcessor", window_size=1, by_epoch=False)
         c.env_cfg = dict(
             cudnn_benchmark=False,
             mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
-            dist_cfg=dict(backend="nccl"),
+            dist_cfg=dict(backend="nccl" if device != "cpu" else "gloo"),  # gloo: torchrun on CPUs
         )
         c.launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
         c.randomness = dict(seed=s.seed)
         c.load_from, c.resume = None, False
         if device == "cpu":
             os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # MMEngine takes a visible GPU on its own
+            if c.launcher == "pytorch" and not torch.distributed.is_initialized():
+                # MMEngine's own init would pick a CUDA device for each rank: on CPUs, gloo without one
+                torch.distributed.init_process_group("gloo")
+            if c.launcher == "pytorch":  # DDP of a CPU model: no device ids
+                c.model_wrapper_cfg = dict(
+                    type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                    find_unused_parameters=False,
+                )  # fmt: skip
+        resume = load_weights(self.resume_from) if self.resume_from else None
+        if resume is not None and not {"state_dict", "optimizer", "iter"} <= set(resume):
+            raise AdapterError(f"{self.resume_from}: not a CXRFuse MMDetection resume checkpoint")
+        done = int(resume["iter"]) if resume is not None else 0
         runner = Runner.from_cfg(c)
-        log = LossLog(out_dir / "loss.csv")
+        main = runner.rank == 0
+        log = LossLog(out_dir / "loss.csv", resume_step=done if resume is not None else None)
+        period = checkpoint_period(s.checkpoint_period, iters)
+        bar = progress(total=iters, initial=done, desc=f"train {self.name}", unit="it", disable=None if main else True)
+        record = self.model_record()
+
+        def bare(model):
+            return model.module if hasattr(model, "module") else model
 
         class CxrfuseHook(Hook):
             priority = "LOWEST"
 
             def before_train(self, runner) -> None:
-                if init is not None:  # after MMEngine's own init_weights, which would overwrite them
-                    model = runner.model.module if hasattr(runner.model, "module") else runner.model
-                    report = transfer_weights(model, *init)
+                if init is not None and resume is None:  # after MMEngine's own init_weights
+                    report = transfer_weights(bare(runner.model), *init)
                     if runner.rank == 0:
                         report.write(out_dir)
+                if resume is not None:  # MMEngine's loop then skips the data of the iterations done
+                    bare(runner.model).load_state_dict(resume["state_dict"])
+                    runner.optim_wrapper.load_state_dict(resume["optimizer"])
+                    for sched, state in zip(runner.param_schedulers or [], resume["param_schedulers"], strict=False):
+                        sched.__dict__.update(state)
+                    runner.train_loop._iter = done
 
             def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+                bar.update(1)
                 if runner.rank != 0 or not outputs:
                     return
                 terms = {k: float(v) for k, v in outputs.items() if k.startswith("loss")}
                 log.write(runner.iter + 1, runner.iter // steps_per_epoch + 1, terms)
+                if period and (runner.iter + 1) % period == 0 and runner.iter + 1 < iters:
+                    log.flush()
+                    path = out_dir / RESUME_FILE
+                    save_torch_file(
+                        path,
+                        {
+                            "state_dict": bare(runner.model).state_dict(),
+                            "optimizer": runner.optim_wrapper.state_dict(),
+                            # a scheduler's plain values (its step, base and last values); the rest is config
+                            "param_schedulers": [
+                                {k: v for k, v in sch.state_dict().items() if isinstance(v, (int, float, list, str))}
+                                for sch in runner.param_schedulers or []
+                            ],
+                            "iter": runner.iter + 1,
+                            "cxrfuse_model": record,
+                        },
+                    )
+                    checkpoint_written(path)
 
         runner.register_hook(CxrfuseHook(), priority="LOWEST")
         try:
-            runner.train()
+            if done < iters:
+                runner.train()
         finally:
+            bar.close()
             log.close()
         weights = out_dir / "weights.pth"
         if runner.rank == 0:
@@ -230,6 +286,7 @@ class MMDetDetector(DetectorAdapter):
                     "state_dict": model.state_dict(),
                     "cxrfuse_categories": cats.to_json(),
                     "framework": "mmdet",
+                    "cxrfuse_model": self.model_record(),
                 },
             )
         self.weights, self._model, self.categories = weights, None, cats
@@ -246,10 +303,13 @@ class MMDetDetector(DetectorAdapter):
         sd = _state_dict(ckpt, self.weights)
         if not isinstance(ckpt, dict) or "cxrfuse_categories" not in ckpt:
             raise AdapterError(f"{self.weights}: no class list; train it with `python -m adapters train`")
+        self.check_model(self.recorded_model(ckpt), self.weights)
         self.categories = CategoryMap.from_json(ckpt["cxrfuse_categories"])
         device = resolve_device(self.cfg.device)
         c = self._mm_cfg(self.categories)
-        model = init_detector(c, checkpoint=None, device="cuda" if device != "cpu" else "cpu")
+        with warnings.catch_warnings():  # the weights are ours, loaded below, with their own classes
+            warnings.filterwarnings("ignore", message="checkpoint is None, use COCO classes by default")
+            model = init_detector(c, checkpoint=None, device="cuda" if device != "cpu" else "cpu")
         self._check_fits(model, sd)
         load_state_dict(model, sd, strict=True)
         model.dataset_meta = {"classes": self.categories.names}

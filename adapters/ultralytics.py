@@ -36,16 +36,46 @@ from adapters.base import (
     DetectorAdapter,
     LossLog,
     batched,
+    checkpoint_written,
     read_image_bgr,
     resolve_device,
     to_detections,
 )
-from adapters.weights import save_torch_file, tensor_dict, transfer_weights
+from adapters.quiet import progress
+from adapters.weights import load_weights, save_torch_file, tensor_dict, transfer_weights
 from core.coco import CocoDataset
 from core.detections import Detections
 
 #: ``format`` of the checkpoints this adapter writes
 CHECKPOINT_FORMAT = "cxrfuse-ultralytics"
+#: ``format`` of the resumable checkpoint written after every epoch (``OUT/ultralytics/resume.pt``)
+RESUME_FORMAT = "cxrfuse-ultralytics-resume"
+RESUME_FILE = Path("ultralytics") / "resume.pt"
+
+
+def _resume_trainer(state: dict[str, Any]) -> type:
+    """Ultralytics' detection trainer that starts from a CXRFuse resume checkpoint.
+
+    Ultralytics' own resume reads ``last.pt``, a pickle of the model object (a full unpickle);
+    CXRFuse's ``resume.pt`` holds state dicts only, so the trainer restores the model, EMA,
+    optimizer (and AMP scaler) from them and continues at the epoch after the checkpoint's.
+    """
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils.torch_utils import unwrap_model
+
+    class ResumeTrainer(DetectionTrainer):
+        def resume_training(self, ckpt):
+            unwrap_model(self.model).load_state_dict(state["model"])
+            self.ema.ema.load_state_dict(state["ema"])
+            self.ema.updates = int(state["updates"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler") and getattr(self, "scaler", None) is not None:
+                self.scaler.load_state_dict(state["scaler"])
+            self.best_fitness = state.get("best_fitness")
+            self.start_epoch = int(state["epoch"]) + 1
+            self.resume = True
+
+    return ResumeTrainer
 
 
 def _import():
@@ -100,6 +130,22 @@ class UltralyticsDetector(DetectorAdapter):
         model.model = net.float().eval()
         return model
 
+    def recorded_model(self, ckpt: Any) -> dict[str, Any] | None:
+        """The model and image size a checkpoint of ours was made with (older ones: from its model dict)."""
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            return None
+        rec = dict(ckpt.get("cxrfuse_model") or {})
+        model_yaml = ckpt.get("model_yaml") if isinstance(ckpt.get("model_yaml"), dict) else {}
+        rec.setdefault("model", model_yaml.get("yaml_file"))
+        rec.setdefault("image_size", ckpt.get("image_size"))
+        return rec
+
+    @staticmethod
+    def resume_checkpoint(run_dir: Path) -> Path | None:
+        """``RUN/ultralytics/resume.pt``, written after every epoch, if there is one."""
+        path = Path(run_dir) / RESUME_FILE
+        return path if path.is_file() else None
+
     def _load(self):
         if self._model is not None:
             return self._model
@@ -109,6 +155,7 @@ class UltralyticsDetector(DetectorAdapter):
             for key in ("model_yaml", "state_dict", "cxrfuse_categories"):
                 if key not in ckpt:
                     raise AdapterError(f"{self.weights}: CXRFuse Ultralytics checkpoint lacks {key!r}")
+            self.check_model(self.recorded_model(ckpt), self.weights)
             self.categories = CategoryMap.from_json(ckpt["cxrfuse_categories"])
             net = _network(ckpt["model_yaml"], self.categories.names)
             state = ckpt["state_dict"]
@@ -207,8 +254,38 @@ class UltralyticsDetector(DetectorAdapter):
         amp = bool(self.cfg.options.get("amp", device != "cpu"))
         if amp:
             ul_trainer.check_amp = lambda *a, **k: True  # the real check downloads weights
-        log = LossLog(out_dir / "loss.csv")
-        state = {"step": 0}
+        resume = load_weights(self.resume_from) if self.resume_from else None
+        if resume is not None and (not isinstance(resume, dict) or resume.get("format") != RESUME_FORMAT):
+            raise AdapterError(f"{self.resume_from}: not a CXRFuse Ultralytics resume checkpoint")
+        done = int(resume["step"]) if resume is not None else 0
+        log = LossLog(out_dir / "loss.csv", resume_step=done if resume is not None else None)
+        state = {"step": done}
+        epochs = s.epochs or 1
+        bar = progress(total=epochs, initial=int(resume["epoch"]) + 1 if resume else 0, desc=f"train {self.name}", unit="epoch")
+
+        def on_model_save(trainer) -> None:  # after every epoch's last.pt: ours, with state dicts only
+            from ultralytics.utils.torch_utils import unwrap_model
+
+            log.flush()
+            path = out_dir / RESUME_FILE
+            scaler = getattr(trainer, "scaler", None)
+            save_torch_file(
+                path,
+                {
+                    "format": RESUME_FORMAT,
+                    "epoch": int(trainer.epoch),
+                    "step": state["step"],
+                    "model": {k: v.detach().cpu() for k, v in unwrap_model(trainer.model).state_dict().items()},
+                    "ema": {k: v.detach().cpu() for k, v in trainer.ema.ema.state_dict().items()},
+                    "updates": int(trainer.ema.updates),
+                    "optimizer": trainer.optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+                    "best_fitness": None if trainer.best_fitness is None else float(trainer.best_fitness),
+                    "cxrfuse_model": self.model_record(),
+                },
+            )
+            bar.update(1)
+            checkpoint_written(path)
 
         def on_batch_end(trainer) -> None:
             state["step"] += 1
@@ -224,9 +301,10 @@ class UltralyticsDetector(DetectorAdapter):
             log.write(state["step"], trainer.epoch + 1, terms)
 
         model.add_callback("on_train_batch_end", on_batch_end)
+        model.add_callback("on_model_save", on_model_save)
         args = {
             "data": str(data_yaml),
-            "epochs": s.epochs or 1,
+            "epochs": epochs,
             "imgsz": self.cfg.image_size,
             "batch": s.batch_size,
             "device": device,
@@ -245,17 +323,29 @@ class UltralyticsDetector(DetectorAdapter):
         }
         # options: any Ultralytics train argument (mosaic, hsv_h, val, warmup_epochs, ...)
         args.update({k: v for k, v in self.cfg.options.items() if k != "amp"})
-        try:
-            model.train(**args)
-        finally:
+        if resume is not None and int(resume["epoch"]) + 1 >= epochs:
+            # killed after its last epoch's checkpoint: nothing left to train, the EMA is the result
             log.close()
-        save_dir = Path(model.trainer.save_dir)
-        best = save_dir / "weights" / "best.pt"
-        src = best if best.is_file() else save_dir / "weights" / "last.pt"
-        if not src.is_file():
-            raise AdapterError(f"Ultralytics wrote no weights under {save_dir / 'weights'}")
-        # after training, Ultralytics holds the network of the file it just wrote (best, else last)
-        net = model.model
+            bar.close()
+            net = _network(model.model.yaml, cats.names)
+            net.load_state_dict(resume["ema"])
+            src = out_dir / RESUME_FILE
+        else:
+            try:
+                if resume is not None:
+                    model.train(**args, trainer=_resume_trainer(resume))
+                else:
+                    model.train(**args)
+            finally:
+                log.close()
+                bar.close()
+            save_dir = Path(model.trainer.save_dir)
+            best = save_dir / "weights" / "best.pt"
+            src = best if best.is_file() else save_dir / "weights" / "last.pt"
+            if not src.is_file():
+                raise AdapterError(f"Ultralytics wrote no weights under {save_dir / 'weights'}")
+            # after training, Ultralytics holds the network of the file it just wrote (best, else last)
+            net = model.model
         if not hasattr(net, "yaml") or not hasattr(net, "state_dict"):
             raise AdapterError(f"Ultralytics kept no trained network after training ({src})")
         ckpt = {
@@ -268,6 +358,7 @@ class UltralyticsDetector(DetectorAdapter):
             },
             "cxrfuse_categories": cats.to_json(),
             "image_size": self.cfg.image_size,
+            "cxrfuse_model": self.model_record(),
             "ultralytics_weights": str(src.relative_to(out_dir) if src.is_relative_to(out_dir) else src),
         }
         save_torch_file(out_dir / "weights.pt", ckpt)

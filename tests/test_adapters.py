@@ -196,7 +196,9 @@ def test_train_writes_weights_config_and_loss_log(trained):
     ckpt = torch.load(weights[0], map_location="cpu", weights_only=True)  # tensors and plain data only
     assert ckpt["framework"] == adapter and [c["id"] for c in ckpt["cxrfuse_categories"]] == [3, 7]
     assert not (run / "weights_report.json").exists()  # trained from scratch
-    assert load_config(run / "config.yaml").adapter == adapter
+    saved = load_config(run / "config.yaml")
+    assert saved.adapter == adapter and saved.out_dir == str(run.resolve())  # the folder really used
+    assert Path(saved.dataset["train"]).is_absolute() and (run / "train.log").is_file()
     assert [c["id"] for c in json.loads((run / "categories.json").read_text())] == [3, 7]
     with open(run / "loss.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -254,6 +256,31 @@ def test_weights_for_other_classes_are_refused(trained, squares, tmp_path):
     det = build(load_config(cfg), next(run.glob("weights.p*")))
     with pytest.raises(AdapterError, match="trained for classes"):
         det.check_categories(CocoDataset.load(other))
+
+
+def test_weights_for_another_model_or_image_size_are_refused_naming_both(trained, squares, tmp_path, capsys):
+    from adapters.__main__ import main
+
+    adapter, cfg, run = trained
+    _, test_json = squares
+    weights = next(run.glob("weights.p*"))
+    other = {
+        "ultralytics": "yolov8s.yaml",
+        "detectron2": "configs/detectron2/faster_rcnn_R_50_FPN.yaml",
+        "mmdet": "configs/mmdet/faster_rcnn_r50_fpn.py",
+    }[adapter]
+    out = tmp_path / "p.json"
+    argv = ["predict", str(cfg), "--weights", str(weights), "--dataset", str(test_json), "--out", str(out)]
+    assert main([*argv, "--set", f"model={other}"]) == 2
+    err = capsys.readouterr().err
+    trained_as = Path(TINY[adapter]["model"]).name
+    assert f"trained as {trained_as}, but {cfg.resolve()} is {Path(other).name}" in err, err
+    assert main([*argv, "--set", "image_size=256"]) == 2
+    assert "trained at image_size 128, but" in capsys.readouterr().err and not out.exists()
+    # and as start weights of a training, before the run folder is made
+    argv = ["train", str(cfg), "--dataset", str(test_json), "--out-dir", str(tmp_path / "r")]
+    assert main([*argv, "--set", f"weights={weights}", "--set", "image_size=256"]) == 2
+    assert "trained at image_size 128" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_missing_or_foreign_weights_are_clear_errors(trained, tmp_path):
