@@ -5,6 +5,8 @@
 - `gate_roc` and `gate_confusion`: a normal/abnormal gate's ROC curve, AUC and
   confusion matrix; an image with no annotations is normal, abnormal is the
   positive class and the gate's ``p_abnormal`` its score.
+- `classifier_analysis`: a multiclass or multilabel classifier's ROC curve and AUROC per class,
+  their macro mean and, for multiclass, its confusion matrix.
 - `read_loss_log`: a training run's ``loss.csv`` (and ``config.yaml``).
 - `example_images`: which dataset images to draw side by side.
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from core.boxes import box_iou
+from core.class_probs import ClassProbs, truth_matrix
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.roc import roc_auc, roc_curve
@@ -183,6 +186,65 @@ def gate_confusion(
     counts = np.zeros((2, 2), np.int64)
     np.add.at(counts, (abnormal.astype(np.int64), called.astype(np.int64)), 1)
     return ConfusionMatrix(("normal", "abnormal"), counts)
+
+
+# --------------------------------------------------------------------------- classifiers
+
+
+@dataclass(frozen=True)
+class ClassifierAnalysis:
+    """A multiclass or multilabel classifier's ROC per class on the dataset images it scored.
+
+    Attributes:
+        task: ``multiclass`` or ``multilabel`` (`core.class_probs.TASKS`).
+        classes: the class names, in the file's column order.
+        roc: class name → `RocCurve` of that class (one against the rest; ``n_abnormal`` counts
+            the images that have the class, ``n_normal`` those that do not).
+        macro_auc: the mean AUROC over the classes with both positive and negative images
+            (scikit-learn's ``roc_auc_score(average="macro")`` over those classes); NaN if none.
+        confusion: multiclass only: truth (rows) against the most probable class (columns).
+        images: how many images were scored.
+    """
+
+    task: str
+    classes: tuple[str, ...]
+    roc: dict[str, RocCurve]
+    macro_auc: float
+    confusion: ConfusionMatrix | None
+    images: int
+
+
+def classifier_analysis(dataset: CocoDataset, cp: ClassProbs) -> ClassifierAnalysis:
+    """Per-class ROC curves and AUROC, their macro mean, and (multiclass) the confusion matrix.
+
+    The truth of each class comes from the dataset (`core.class_probs.truth_matrix`: the images'
+    ``labels``, else their boxes).
+
+    Raises:
+        ValueError: the probabilities name images absent from ``dataset``, or the dataset cannot
+            tell a class of the file (naming the image).
+    """
+    unknown = sorted(set(cp.image_ids.tolist()) - set(dataset.image_ids))
+    if unknown:
+        raise ValueError(f"classifier scores name images not in the dataset: {unknown[:10]}")
+    truth = truth_matrix(dataset, cp.image_ids.tolist(), cp.task, cp.classes, cp.category_ids)
+    curves = {}
+    for j, name in enumerate(cp.classes):
+        y, s = truth[:, j] > 0, cp.probs[:, j]
+        fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+        n_pos = int(y.sum())
+        curves[name] = RocCurve(fpr, tpr, thresholds, roc_auc(y, s), len(y) - n_pos, n_pos)
+    finite = [c.auc for c in curves.values() if not math.isnan(c.auc)]
+    confusion = None
+    if cp.task == "multiclass":
+        k = len(cp.classes)
+        counts = np.zeros((k, k), np.int64)
+        if len(cp):
+            np.add.at(counts, (truth.argmax(axis=1), cp.probs.argmax(axis=1)), 1)
+        confusion = ConfusionMatrix(cp.classes, counts)
+    return ClassifierAnalysis(
+        cp.task, cp.classes, curves, float(np.mean(finite)) if finite else float("nan"), confusion, len(cp)
+    )
 
 
 # --------------------------------------------------------------------------- training logs

@@ -19,7 +19,7 @@ import numpy as np
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.io import atomic_open, write_json
-from eval.analysis import ConfusionMatrix, RocCurve
+from eval.analysis import ClassifierAnalysis, ConfusionMatrix, RocCurve
 from eval.coco_map import PrCurve
 from eval.scoring import Metric
 from eval.scoring import mean_interpolated as _mean_interpolated
@@ -37,6 +37,9 @@ class Gate:
         roc: `eval.analysis.RocCurve` over the images it scored.
         confusion: normal/abnormal `eval.analysis.ConfusionMatrix`.
         applied: True for the ``--gate`` file (its ``P(normal)`` fed rows without class 14).
+        classifier: for a multiclass or multilabel classifier file, its per-class ROC and AUROC
+            (`eval.analysis.ClassifierAnalysis`); None for a plain gate.
+        cams: its Grad-CAM overlays, ``{image_id, class, p, file, path}`` each (may be empty).
     """
 
     name: str
@@ -46,6 +49,8 @@ class Gate:
     roc: RocCurve
     confusion: ConfusionMatrix
     applied: bool
+    classifier: ClassifierAnalysis | None = None
+    cams: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,37 @@ class Leaderboard:
         ]
         if self.gates:
             lines += ["", "## Gates", "", _md_table(GATE_COLUMNS, [gate_cells(g) for g in self.gates])]
+        if self.classifiers:
+            lines += ["", "## Classifiers", "", _md_table(CLASSIFIER_COLUMNS, self.classifier_table())]
+            for g in self.classifiers:
+                lines += ["", f"### {g.name}: AUROC per class", "", _md_table(CLASS_COLUMNS, class_cells(g))]
         return "\n".join(lines) + "\n"
+
+    @property
+    def classifiers(self) -> list[Gate]:
+        """The gates that are multiclass or multilabel classifiers, in the gates' order."""
+        return [g for g in self.gates if g.classifier is not None]
+
+    def classifier_table(self) -> list[list[str]]:
+        """One line per classifier: name, task, classes, macro AUROC, images."""
+        return [
+            [g.name, g.classifier.task, str(len(g.classifier.classes)), _num(g.classifier.macro_auc, 4),
+             str(g.classifier.images)]
+            for g in self.classifiers
+        ]  # fmt: skip
+
+    def classifiers_csv(self) -> str:
+        """Every classifier's AUROC per class as CSV (``classifier,task,class,auroc,positives,negatives``),
+        its macro AUROC on a line of class ``macro``."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["classifier", "task", "class", "auroc", "positives", "negatives"])
+        for g in self.classifiers:
+            c = g.classifier
+            for name, roc in c.roc.items():
+                w.writerow([g.name, c.task, name, _csv_num(roc.auc), roc.n_abnormal, roc.n_normal])
+            w.writerow([g.name, c.task, "macro", _csv_num(c.macro_auc), "", ""])
+        return buf.getvalue()
 
     def _md_cells(self, row: Row) -> list[str]:
         cells = self.cells(row)
@@ -271,13 +306,15 @@ class Leaderboard:
                     "normal_images": g.roc.n_normal,
                     "abnormal_images": g.roc.n_abnormal,
                     "confusion": {"labels": list(g.confusion.labels), "counts": g.confusion.counts.tolist()},
+                    "classifier": _classifier_json(g.classifier) if g.classifier is not None else None,
                 }
                 for g in self.gates
             ],
         }
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """Write ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.json`` (atomically) into ``out_dir``."""
+        """Write ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.json`` (atomically) into ``out_dir``,
+        and ``classifiers.csv`` when a classifier was given."""
         out = Path(out_dir)
         paths = [out / "leaderboard.md", out / "leaderboard.csv", out / "leaderboard.json"]
         with atomic_open(paths[0], "w", encoding="utf-8") as f:
@@ -285,7 +322,36 @@ class Leaderboard:
         with atomic_open(paths[1], "w", encoding="utf-8", newline="") as f:
             f.write(self.to_csv())
         write_json(paths[2], self.to_json(), indent=1)
+        if self.classifiers:
+            paths.append(out / "classifiers.csv")
+            with atomic_open(paths[3], "w", encoding="utf-8", newline="") as f:
+                f.write(self.classifiers_csv())
         return paths
+
+
+CLASSIFIER_COLUMNS = ["classifier", "task", "classes", "macro AUROC", "images"]
+CLASS_COLUMNS = ["class", "AUROC", "positives", "negatives"]
+
+
+def class_cells(g: Gate) -> list[list[str]]:
+    """A classifier's AUROC table: one line per class (``–`` where a class has one side only)."""
+    return [[name, _num(r.auc, 4), str(r.n_abnormal), str(r.n_normal)] for name, r in g.classifier.roc.items()]
+
+
+def _classifier_json(c: ClassifierAnalysis) -> dict[str, Any]:
+    return {
+        "task": c.task,
+        "classes": list(c.classes),
+        "images": c.images,
+        "macro_auc": _json_num(c.macro_auc),
+        "per_class": {
+            name: {"auc": _json_num(r.auc), "positives": r.n_abnormal, "negatives": r.n_normal}
+            for name, r in c.roc.items()
+        },
+        "confusion": (
+            {"labels": list(c.confusion.labels), "counts": c.confusion.counts.tolist()} if c.confusion else None
+        ),
+    }
 
 
 GATE_COLUMNS = ["gate", "AUC", "abnormal", "normal", "TN", "FP", "FN", "TP", "applied to rows"]

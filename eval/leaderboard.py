@@ -38,7 +38,12 @@ its "No finding" score (column "No finding": ``predicted``, ``gate NAME`` or
 Gate files (sidecar ``kind: gate``, ``[{image_id, p_abnormal}]``) passed among
 the predictions are not rows: they, and ``--gate``, feed the gate plots (ROC
 with AUC, normal/abnormal confusion matrix) and the gates table. Only
-``--gate`` is applied to rows.
+``--gate`` is applied to rows. A multiclass or multilabel classifier file
+(`core.class_probs`: per-class probabilities, the task and classes in its
+sidecar) is a gate through its ``p_abnormal`` and also a classifier row: its
+AUROC per class and macro AUROC (the classifiers tables), ROC curves per class,
+the confusion matrix for multiclass, and its Grad-CAM overlays
+(``NAME_cam/cams.json``) per class in the report.
 
 A results or gate file whose image ids or category ids are not in the dataset
 is an error naming the file and the ids. Nothing here imports a training
@@ -53,12 +58,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from core.class_probs import read_class_probs
 from core.classes import NO_FINDING, NO_FINDING_NAME
 from core.coco import CocoDataset
 from core.detections import Detections
-from core.io import check_out_dir, check_out_file
+from core.io import check_out_dir, check_out_file, read_json
 from core.predictions import read_gate, read_meta, read_predictions
-from eval.analysis import gate_confusion, gate_roc
+from eval.analysis import classifier_analysis, gate_confusion, gate_roc
 from eval.board import Gate, Leaderboard, Row
 from eval.bootstrap import DEFAULT_RESAMPLES, Bootstrap
 from eval.inputs import expand_dirs, expand_paths, gated_label, images_per_second, peek_json_list
@@ -69,7 +75,11 @@ __all__ = ["build_leaderboard", "check_example_images", "expand_paths", "leaderb
 
 
 def load_gate(path: Path, dataset: CocoDataset, applied: bool) -> Gate:
-    """Read a gate file and its sidecar; compute its ROC and confusion matrix.
+    """Read a gate or classifier file and its sidecar; compute its ROC and confusion matrix.
+
+    A multiclass or multilabel classifier file (`core.class_probs`) also gets its per-class ROC
+    curves, AUROC and macro AUROC (`eval.analysis.classifier_analysis`), and the Grad-CAM overlays
+    indexed in ``NAME_cam/cams.json`` beside it, if any (``adapters predict --cam``).
 
     Raises:
         ValueError: naming the file and the entry or image ids at fault.
@@ -78,6 +88,12 @@ def load_gate(path: Path, dataset: CocoDataset, applied: bool) -> Gate:
     scores = read_gate(path, dataset)
     if not scores:
         raise ValueError(f"{path}: the gate file has no entries")
+    classifier = None
+    if meta.get("task") in ("multiclass", "multilabel"):
+        try:
+            classifier = classifier_analysis(dataset, read_class_probs(path, dataset))
+        except ValueError as e:
+            raise ValueError(e if str(e).startswith(f"{path}") else f"{path}: {e}") from None
     return Gate(
         name=str(meta.get("name") or path.stem),
         path=path,
@@ -86,7 +102,30 @@ def load_gate(path: Path, dataset: CocoDataset, applied: bool) -> Gate:
         roc=gate_roc(dataset, scores),
         confusion=gate_confusion(dataset, scores),
         applied=applied,
+        classifier=classifier,
+        cams=read_cam_index(path),
     )
+
+
+def read_cam_index(path: Path) -> list[dict[str, Any]]:
+    """The Grad-CAM overlays beside a classifier file: ``NAME_cam/cams.json``'s entries whose PNG
+    exists, each with ``path`` added; ``[]`` when there is no index.
+
+    Raises:
+        ValueError: naming the index when it is not a list of ``{image_id, class, p, file}``.
+    """
+    index = path.with_name(f"{path.stem}_cam") / "cams.json"
+    if not index.is_file():
+        return []
+    entries = read_json(index)
+    out = []
+    for k, e in enumerate(entries if isinstance(entries, list) else [None]):
+        if not isinstance(e, Mapping) or not all(key in e for key in ("image_id", "class", "p", "file")):
+            raise ValueError(f"{index}: entry {k} is not {{image_id, class, p, file}}: {e!r}")
+        png = index.parent / str(e["file"])
+        if png.is_file() and png.parent == index.parent:
+            out.append({**e, "path": png})
+    return out
 
 
 def read_results(path: Path, scorer: Scorer) -> dict[int, Detections]:

@@ -180,21 +180,30 @@ def confusion(title: str, cm: ConfusionMatrix, xlabel: str = "predicted", ylabel
     return _png(fig)
 
 
-def roc(title: str, curves: Sequence[tuple[str, RocCurve]]) -> bytes:
-    """ROC curves of one or more gates, AUC in the legend, the chance diagonal dashed."""
+def roc(
+    title: str, curves: Sequence[tuple[str, RocCurve]], positive: str = "abnormal", negative: str = "normal"
+) -> bytes:
+    """ROC curves (of gates, or of a classifier's classes), AUC in the legend, the chance diagonal dashed.
+
+    ``positive`` and ``negative`` name the two sides in the legend and the axis labels.
+    """
     fig = _figure(5.6, 4.8, 0.75, 0.2, 0.55, 0.35)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="chance")
     for (name, c), color in zip(curves, _colors(len(curves)), strict=False):
-        label = f"{name} (AUC {_fmt(c.auc)}; {c.n_abnormal} abnormal, {c.n_normal} normal)"
+        label = f"{name} (AUC {_fmt(c.auc)}; {c.n_abnormal} {positive}, {c.n_normal} {negative})"
         ax.plot(c.fpr, c.tpr, color=color, lw=1.8, drawstyle="default", label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("false-positive rate (normal called abnormal)")
-    ax.set_ylabel("true-positive rate (abnormal found)")
+    if positive == "abnormal":
+        ax.set_xlabel("false-positive rate (normal called abnormal)")
+        ax.set_ylabel("true-positive rate (abnormal found)")
+    else:
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8 if len(curves) < 8 else 6, loc="lower right")
     return _png(fig)
 
 

@@ -11,7 +11,12 @@
 - ``gate_roc`` and ``gate_confusion_NAME``: the gates' ROC curves (AUC) and
   normal/abnormal confusion matrices at ``p_abnormal >= 0.5``;
 - ``loss``: training loss against step, one curve per run (components dashed);
-- ``example_ID``: dataset images with the truth and each row's boxes side by side.
+- ``example_ID``: dataset images with the truth and each row's boxes side by side;
+- ``classifier_roc_NAME`` and ``classifier_confusion_NAME``: a multiclass or multilabel
+  classifier's ROC curves per class (AUROC in the legend) and, for multiclass, its confusion
+  matrix of the most probable class;
+- ``cam_NAME_ID_CLASS``: the Grad-CAM overlays found beside a gate or classifier file
+  (``NAME_cam/cams.json``), up to three per class.
 
 `write_html` writes one static page: inline CSS, PNGs embedded as base64
 ``data:`` URIs, no script, font, stylesheet or any other external reference,
@@ -30,7 +35,16 @@ from core.detections import Detections
 from core.io import atomic_open, read_image_gray
 from eval import plots
 from eval.analysis import LossLog, detection_confusion, example_images
-from eval.board import GATE_COLUMNS, Leaderboard, gate_cells, mean_interpolated, slug
+from eval.board import (
+    CLASS_COLUMNS,
+    CLASSIFIER_COLUMNS,
+    GATE_COLUMNS,
+    Leaderboard,
+    class_cells,
+    gate_cells,
+    mean_interpolated,
+    slug,
+)
 
 SECTIONS = (
     "Per-class AP bars",
@@ -39,7 +53,11 @@ SECTIONS = (
     "Gate",
     "Training",
     "Examples",
+    "Classifiers",
+    "Grad-CAM",
 )
+#: Grad-CAM overlays shown per gate or classifier and class
+CAMS_PER_CLASS = 3
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,7 @@ def make_plots(
             title = f"Gate {g.name} at p_abnormal >= 0.5"
             png = plots.confusion(title, g.confusion, xlabel="gate's call")
             out.append(Plot(f"gate_confusion_{s}", SECTIONS[3], title, png))
+    out += classifier_plots(board)
     if runs:
         title = "Training loss (components dashed)"
         out.append(Plot("loss", SECTIONS[4], title, plots.loss_curves(title, runs)))
@@ -138,6 +157,34 @@ def make_plots(
         title = f"image {image_id} ({im['file_name']}, {state}); boxes with score >= {score_thr:g}"
         png = plots.example(title, image, panels, names, class_ids)
         out.append(Plot(f"example_{image_id}", SECTIONS[5], title, png))
+    return out
+
+
+def classifier_plots(board: Leaderboard) -> list[Plot]:
+    """Each classifier's ROC curves per class and (multiclass) confusion matrix; every gate's and
+    classifier's Grad-CAM overlays, up to `CAMS_PER_CLASS` per class."""
+    out: list[Plot] = []
+    gates = board.gates
+    for g, s in zip(gates, _unique_slugs([g.name for g in gates]), strict=True):
+        c = g.classifier
+        if c is not None:
+            title = f"{g.name}: ROC per class, one against the rest ({c.task}; macro AUROC {c.macro_auc:.3f})"
+            curves = [(name, r) for name, r in c.roc.items() if r.n_abnormal and r.n_normal]
+            png = plots.roc(title, curves, positive="with the class", negative="without")
+            out.append(Plot(f"classifier_roc_{s}", SECTIONS[6], title, png))
+            if c.confusion is not None:
+                title = f"{g.name}: truth against the most probable class"
+                png = plots.confusion(title, c.confusion, xlabel="most probable class")
+                out.append(Plot(f"classifier_confusion_{s}", SECTIONS[6], title, png))
+        shown: dict[str, int] = {}
+        for e in g.cams:
+            cls = str(e["class"])
+            if shown.get(cls, 0) >= CAMS_PER_CLASS:
+                continue
+            shown[cls] = shown.get(cls, 0) + 1
+            title = f"{g.name}: Grad-CAM of {cls} on image {e['image_id']} (p = {float(e['p']):.3f})"
+            key = f"cam_{s}_{int(e['image_id'])}_{slug(cls)}"
+            out.append(Plot(key, SECTIONS[7], title, Path(e["path"]).read_bytes()))
     return out
 
 
@@ -247,6 +294,16 @@ def render_html(
     if board.gates:
         parts.append("<h3>Gates</h3>")
         parts.append(_table("gates", GATE_COLUMNS, [gate_cells(g) for g in board.gates]))
+    if board.classifiers:
+        parts.append('<h3 id="classifiers-table">Classifiers</h3>')
+        parts.append(
+            '<p class="note">AUROC of each class, one against the rest, on the images scored; the macro '
+            "AUROC is their mean over the classes with images on both sides (\u2013: one side only).</p>"
+        )
+        parts.append(_table("classifiers", CLASSIFIER_COLUMNS, board.classifier_table()))
+        for k, g in enumerate(board.classifiers):
+            parts.append(f"<h4>{_e(g.name)}: AUROC per class</h4>")
+            parts.append(_table(f"classifier-{k}", CLASS_COLUMNS, class_cells(g)))
     for s in sections:
         parts.append(f'<h2 id="{_anchor(s)}">{_e(s)}</h2>')
         for p in plot_list:

@@ -9,6 +9,7 @@ is busy.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -144,7 +145,12 @@ def test_predict_writes_gate_sidecar_and_grad_cam_overlays(run):
     assert meta["kind"] == "gate" and meta["adapter"] == "resnet_gate" and meta["model"] == "resnet18"
     assert meta["images"] == len(run["val"].images)
     cam_dir = run["out"] / "preds" / "gate_cam"
-    assert sorted(p.name for p in cam_dir.iterdir()) == sorted(f"cam_{i}.png" for i in run["cam_ids"])
+    assert meta["task"] == "binary" and meta["classes"] == ["abnormal"] and meta["category_ids"] == [None]
+    assert sorted(p.name for p in cam_dir.iterdir()) == sorted([*(f"cam_{i}.png" for i in run["cam_ids"]), "cams.json"])
+    index = json.loads((cam_dir / "cams.json").read_text())
+    assert [(e["image_id"], e["class"], e["file"]) for e in index] == [
+        (i, "abnormal", f"cam_{i}.png") for i in run["cam_ids"]
+    ]
     for iid in run["cam_ids"]:
         im = run["val"].image(iid)
         png = cv2.imread(str(cam_dir / f"cam_{iid}.png"), cv2.IMREAD_UNCHANGED)

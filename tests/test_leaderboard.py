@@ -591,3 +591,108 @@ def test_missing_example_image_is_named(world, tmp_path):
     board = build_leaderboard(data / "val.json", [world["preds"] / "yolo_good.json"])
     with pytest.raises(FileNotFoundError, match=r"example image 9: .*009.png.*--examples 0"):
         make_plots(board, n_examples=2)
+
+
+# --------------------------------------------------------------------------- classifiers
+
+
+def test_classifier_rows_auroc_per_class_equal_scikit_learn(world, tmp_path):
+    """A multilabel classifier file among the predictions: per-class AUROC and macro AUROC equal
+    scikit-learn's to 1e-9, in the tables, JSON, classifiers.csv, ROC plot and Grad-CAM section."""
+    from sklearn.metrics import roc_auc_score
+
+    from core.class_probs import ClassProbs, truth_matrix, write_class_probs
+    from eval.report import make_plots, render_html
+
+    ds = CocoDataset.load(world["dataset"])
+    classes, cats = ("Aortic enlargement", "Cardiomegaly", "Lung Opacity", "No finding"), (0, 3, 7, 14)
+    ids = ds.image_ids
+    truth = truth_matrix(ds, ids, "multilabel", classes, cats)
+    rng = np.random.default_rng(5)
+    probs = np.clip(0.35 * truth + rng.uniform(0, 0.65, truth.shape), 0, 1)
+    preds = tmp_path / "preds"
+    write_class_probs(preds / "ml.json", ClassProbs("multilabel", classes, cats, np.array(ids), probs), {"name": "ml"})
+    cam_png = preds / "ml_cam" / "cam_1_cardiomegaly.png"
+    write_png(cam_png, np.full((20, 30, 3), 128, np.uint8))
+    write_json(preds / "ml_cam" / "cams.json", [{"image_id": 1, "class": "Cardiomegaly", "p": 0.7, "file": cam_png.name}])
+    board = build_leaderboard(world["dataset"], [world["preds"] / "yolo_good.json", preds / "ml.json"], bootstrap=0)
+    (g,) = board.classifiers
+    c = g.classifier
+    assert c.task == "multilabel" and c.classes == classes and c.images == len(ids)
+    for j, name in enumerate(classes):
+        assert c.roc[name].n_abnormal == int(truth[:, j].sum())
+        assert abs(c.roc[name].auc - roc_auc_score(truth[:, j], probs[:, j])) < 1e-9, name
+    assert abs(c.macro_auc - roc_auc_score(truth, probs, average="macro")) < 1e-9
+    assert [e["class"] for e in g.cams] == ["Cardiomegaly"]
+
+    paths = board.write(tmp_path / "out")
+    assert paths[-1].name == "classifiers.csv"
+    with open(paths[-1], newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert [r["class"] for r in lines] == [*classes, "macro"]
+    assert float(lines[-1]["auroc"]) == pytest.approx(c.macro_auc, abs=1e-12)
+    data = json.loads((tmp_path / "out" / "leaderboard.json").read_text())
+    per_class = data["gates"][-1]["classifier"]["per_class"]
+    assert per_class["Cardiomegaly"]["auc"] == pytest.approx(c.roc["Cardiomegaly"].auc)
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "## Classifiers" in md and "### ml: AUROC per class" in md and "| Lung Opacity |" in md
+    plots = {p.key: p for p in make_plots(board, n_examples=0)}
+    assert "classifier_roc_ml" in plots and [k for k in plots if k.startswith("cam_")] == ["cam_ml_1_Cardiomegaly"]
+    assert "classifier_confusion_ml" not in plots  # multilabel: no confusion matrix
+    page = render_html(board, list(plots.values()))
+    assert 'id="classifiers"' in page and "Grad-CAM of Cardiomegaly on image 1" in page
+
+
+def test_multiclass_confusion_and_truth_that_does_not_fit(world, tmp_path):
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    from core.class_probs import ClassProbs, write_class_probs
+    from eval.analysis import classifier_analysis
+
+    base = CocoDataset.load(world["dataset"])
+    classes = ("cat", "dog", "Normal")
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, len(base.images))
+    images = [{**im, "labels": [classes[t]]} for im, t in zip(base.images, truth, strict=True)]
+    ds = CocoDataset(images, [], base.categories, root=base.root)
+    logits = rng.normal(0, 1, (len(images), 3)) + 1.5 * np.eye(3)[truth]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    cp = ClassProbs("multiclass", classes, (None, None, None), np.array(ds.image_ids), probs)
+    c = classifier_analysis(ds, cp)
+    np.testing.assert_array_equal(c.confusion.counts, confusion_matrix(truth, probs.argmax(axis=1), labels=[0, 1, 2]))
+    for j, name in enumerate(classes):
+        assert abs(c.roc[name].auc - roc_auc_score(truth == j, probs[:, j])) < 1e-9
+    assert cp.p_abnormal()[ds.image_ids[0]] == pytest.approx(1 - probs[0, 2])  # 1 - P(Normal)
+    # the world's images carry no labels and these classes are no categories: the error names both
+    path = write_class_probs(tmp_path / "mc.json", cp, {})
+    with pytest.raises(ValueError, match=r"mc\.json: .*class 'cat' is no category of the dataset and image 1 has no"):
+        build_leaderboard(world["dataset"], [world["preds"] / "yolo_good.json", path], bootstrap=0)
+
+
+def test_class_probs_file_reads_old_gates_and_names_bad_entries(tmp_path):
+    from core.class_probs import ClassProbs, read_class_probs, write_class_probs
+    from core.predictions import read_gate
+
+    write_gate(tmp_path / "old.json", {2: 0.25, 1: 0.75}, {"name": "old"})
+    old = read_class_probs(tmp_path / "old.json")
+    assert old.task == "binary" and old.classes == ("abnormal",) and old.category_ids == (None,)
+    assert old.image_ids.tolist() == [1, 2] and old.p_abnormal() == {1: 0.75, 2: 0.25}
+    cp = ClassProbs("multilabel", ("A", "B"), (0, 1), np.array([5, 3]), np.array([[0.1, 0.9], [0.4, 0.2]]))
+    assert cp.image_ids.tolist() == [3, 5] and cp.p_abnormal() == {3: 0.4, 5: 0.9}  # no normal class: max
+    assert cp.prob_of(1) == {3: 0.2, 5: 0.9} and cp.column("A").tolist() == [0.4, 0.1]
+    path = write_class_probs(tmp_path / "ml.json", cp, {"name": "ml"})
+    assert read_gate(path) == {3: 0.4, 5: 0.9}
+    back = read_class_probs(path)
+    assert back.classes == cp.classes and back.category_ids == (0, 1)
+    np.testing.assert_array_equal(back.probs, cp.probs)
+    for rows, msg in (
+        ([{"image_id": 3, "probs": [0.1]}], r"entry 0 \(image 3\) has 1 probabilities for 2 classes"),
+        ([{"image_id": 3, "probs": [0.1, 1.5]}], r"entry 0 \(image 3\) has P\(B\) = 1.5, not within \[0, 1\]"),
+        ([{"image_id": 3, "probs": [0.1, 0.5]}, {"image_id": 3, "probs": [0.1, 0.5]}], "image 3 appears twice"),
+        ([{"id": 3}], r"entry 0 is not \{image_id, p_abnormal, probs\}"),
+    ):
+        write_json(path, rows)
+        with pytest.raises(ValueError, match=f"{path.name}: {msg}"):
+            read_class_probs(path)
+    with pytest.raises(ValueError, match="multiclass probabilities sum to 0.500000"):
+        ClassProbs("multiclass", ("a", "b"), (None, None), np.array([1]), np.array([[0.25, 0.25]]))

@@ -1,4 +1,4 @@
-"""The gate's images: reading, fitting into the network's square, augmentation, the training set.
+"""The classifier's images: reading, fitting into the network's square, augmentation, the training set.
 
 Plain numpy and OpenCV (no torch in this module): `GateImages` is pickled into DataLoader
 workers, and `GateInput` (how the network sees an image) is shared by training, predicting and
@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from adapters.base import AdapterError
+from core.class_probs import truth_matrix
 from core.coco import CocoDataset
 from core.io import read_image_gray
 
@@ -133,7 +134,10 @@ def abnormal_labels(dataset: CocoDataset, image_ids: Sequence[int]) -> np.ndarra
 
 
 class GateImages:
-    """Map-style training set: ``(3, S, S)`` float32 input and label 1.0 (abnormal) / 0.0 (normal).
+    """Map-style training set: ``(3, S, S)`` float32 input and the image's target.
+
+    ``targets`` is ``(N,)`` float32 (binary: 1.0 abnormal / 0.0 normal), ``(N, k)`` float32
+    (multilabel: one 0/1 per class) or ``(N,)`` int64 (multiclass: the class index).
 
     Plain Python (no torch at import), so DataLoader workers can pickle it. Set ``epoch``
     before each epoch: augmentation is drawn from ``(seed, epoch, index)``, so a seeded run
@@ -141,19 +145,42 @@ class GateImages:
     """
 
     def __init__(
-        self, paths: list[Path], labels: np.ndarray, size: int, resize: str, augment: bool, seed: int
+        self, paths: list[Path], targets: np.ndarray, size: int, resize: str, augment: bool, seed: int
     ) -> None:
-        self.paths, self.labels = paths, labels
+        self.paths, self.labels = paths, targets
         self.size, self.resize, self.augment, self.seed = size, resize, augment, seed
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.float32]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray, Any]:
         img, _ = fit_square(to_gray(self.paths[i]), self.size, self.resize)
         if self.augment:
             x = augment(img, np.random.default_rng([self.seed, self.epoch, i]))
         else:
             x = img.astype(np.float32) / 255.0
-        return np.ascontiguousarray(normalise(x, MEAN, STD)), np.float32(self.labels[i])
+        return np.ascontiguousarray(normalise(x, MEAN, STD)), self.labels[i]
+
+
+def class_targets(dataset: CocoDataset, image_ids: Sequence[int], head: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The training targets of ``image_ids`` for a classifier ``head`` (`adapters.gate.model.ClassHead`).
+
+    Returns:
+        ``(truth, targets)``: ``truth`` ``(N, k)`` uint8 (`core.class_probs.truth_matrix`);
+        ``targets`` as `GateImages` takes them: ``(N,)`` float32 for binary, ``(N, k)`` float32
+        for multilabel, ``(N,)`` int64 class indices for multiclass.
+
+    Raises:
+        AdapterError: naming the dataset and image whose labels do not fit the head's classes
+            (a label that is no class, a multiclass image with other than one class).
+    """
+    try:
+        truth = truth_matrix(dataset, image_ids, head.task, head.classes, head.category_ids)
+    except ValueError as e:
+        raise AdapterError(str(e)) from None
+    if head.task == "binary":
+        return truth, truth[:, 0].astype(np.float32)
+    if head.task == "multiclass":
+        return truth, truth.argmax(axis=1).astype(np.int64)
+    return truth, truth.astype(np.float32)

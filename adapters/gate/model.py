@@ -1,12 +1,14 @@
-"""The gate's network: building it, reading and checking checkpoints, and predicting ``p_abnormal``.
+"""The classifier's network: building it, its head, reading and checking checkpoints, predicting.
 
-`predict_p_abnormal` is a pure function of a network and its `GateInput`: `ResNetGate.predict`
-and the validation during training both call it.
+`predict_probs` is a pure function of a network, its `GateInput` and its `ClassHead`:
+`ImageClassifier.predict` and the validation during training both call it
+(`predict_p_abnormal` is its binary case).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +20,75 @@ from adapters.base import AdapterError, batched, resolve_device
 from adapters.gate.data import GateInput, to_gray
 from adapters.weights import WeightsReport, load_weights, transfer_weights
 
-ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")
 CHECKPOINT_KIND = "gate"
-_TRAIN_HINT = "pass weights written by `python -m adapters train` with a resnet_gate config"
+_TRAIN_HINT = "pass weights written by `python -m adapters train` with a classifier config"
 
 
-def build_network(arch: str) -> torch.nn.Module:
-    """A torchvision ResNet with a single-logit head, built with ``weights=None`` (no download).
+@dataclass(frozen=True)
+class ClassHead:
+    """What the network's outputs mean: the task and the class of each output, in order.
+
+    A binary head has one logit (``p = sigmoid``); multilabel one logit per class (a sigmoid
+    each); multiclass one per class (softmax over them).
+    """
+
+    task: str = "binary"
+    classes: tuple[str, ...] = ("abnormal",)
+    category_ids: tuple[int | None, ...] = (None,)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> ClassHead:
+        """The head a checkpoint records; an early gate's (no ``task``) is binary ``abnormal``."""
+        if "task" not in ckpt:
+            return cls()
+        return cls(str(ckpt["task"]), tuple(ckpt["classes"]), tuple(ckpt["category_ids"]))
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's ``task``, ``head``, ``classes`` and ``category_ids`` entries (plain data)."""
+        return {
+            "task": self.task,
+            "head": "single_logit" if self.task == "binary" else "linear",
+            "classes": list(self.classes),
+            "category_ids": list(self.category_ids),
+        }
+
+    @property
+    def outputs(self) -> int:
+        """The number of logits."""
+        return len(self.classes)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, k)`` logits → ``(N, k)`` probabilities (softmax for multiclass, else sigmoid)."""
+        logits = logits.float()
+        return torch.softmax(logits, dim=1) if self.task == "multiclass" else torch.sigmoid(logits)
+
+
+def head_prefix(arch: str) -> str:
+    """The state-dict prefix of ``arch``'s classification head (``fc.`` or ``classifier.``)."""
+    return "fc." if arch.startswith("resnet") else "classifier."
+
+
+def build_network(arch: str, outputs: int = 1) -> torch.nn.Module:
+    """A torchvision classifier with ``outputs`` logits, built with ``weights=None`` (no download).
 
     Raises:
         AdapterError: ``arch`` is not one of `ARCHS`.
     """
     if arch not in ARCHS:
-        raise AdapterError(f"model {arch!r} is not a gate architecture; use one of {', '.join(ARCHS)}")
-    return getattr(torchvision.models, arch)(weights=None, num_classes=1)
+        raise AdapterError(f"model {arch!r} is not a classifier architecture; use one of {', '.join(ARCHS)}")
+    return getattr(torchvision.models, arch)(weights=None, num_classes=outputs)
+
+
+def cam_layer(model: torch.nn.Module, arch: str) -> torch.nn.Module:
+    """The layer Grad-CAM reads: the last convolutional block before pooling.
+
+    ResNet: the last block of ``layer4``; DenseNet-121: ``features.norm5`` (the network applies
+    ReLU and pooling after it); EfficientNet: the last ``features`` block (the 1x1 conv to 1280).
+    """
+    if arch.startswith("resnet"):
+        return model.layer4[-1]
+    return model.features[-1]
 
 
 def torch_device(device: str | int) -> tuple[str, list[int]]:
@@ -48,7 +105,7 @@ def torch_device(device: str | int) -> tuple[str, list[int]]:
 
 
 def check_checkpoint(ckpt: Any, path: Path, arch: str, where: str = "the config") -> dict[str, Any]:
-    """``ckpt`` if it is a gate checkpoint of ``arch``.
+    """``ckpt`` if it is a classifier (gate) checkpoint of ``arch``.
 
     Args:
         ckpt: what `adapters.base.load_weights` read from ``path``.
@@ -76,29 +133,46 @@ def check_checkpoint(ckpt: Any, path: Path, arch: str, where: str = "the config"
     for key in ("state_dict", "image_size", "resize", "mean", "std"):
         if key not in ckpt:
             raise AdapterError(f"{path}: gate checkpoint lacks {key!r}")
+    if "task" in ckpt:
+        for key in ("classes", "category_ids"):
+            if key not in ckpt:
+                raise AdapterError(f"{path}: classifier checkpoint lacks {key!r}")
     return ckpt
 
 
-def load_gate(
+def load_classifier(
     path: Path, arch: str, device: str | int, where: str = "the config", trust: bool = False
-) -> tuple[torch.nn.Module, GateInput]:
-    """The network of a gate checkpoint, in eval mode on ``device``, and how it sees an image.
+) -> tuple[torch.nn.Module, GateInput, ClassHead]:
+    """The network of a classifier checkpoint, in eval mode on ``device``, how it sees an image, its head.
 
     The checkpoint is read without running code (`adapters.base.load_weights`); ``trust``
     (``trust_weights``) allows a full unpickle of a file that pickles Python objects.
 
     Raises:
         AdapterError: no such file, a file that pickles Python objects without ``trust``, not a
-            gate checkpoint of ``arch``, weights that do not fit, or a device torch cannot use.
+            classifier checkpoint of ``arch``, weights that do not fit, or a device torch cannot use.
     """
     ckpt = check_checkpoint(load_weights(path, trust), path, arch, where)
-    model = build_network(arch)
+    head = ClassHead.from_checkpoint(ckpt)
+    model = build_network(arch, head.outputs)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise AdapterError(f"{path}: does not fit {arch}: {str(e).splitlines()[0]}") from None
     dev, _ = torch_device(device)
-    return model.to(dev).eval(), GateInput.from_checkpoint(ckpt)
+    return model.to(dev).eval(), GateInput.from_checkpoint(ckpt), head
+
+
+def load_gate(
+    path: Path, arch: str, device: str | int, where: str = "the config", trust: bool = False
+) -> tuple[torch.nn.Module, GateInput]:
+    """`load_classifier` without the head: the network and how it sees an image.
+
+    Raises:
+        AdapterError: as `load_classifier`.
+    """
+    model, spec, _ = load_classifier(path, arch, device, where, trust)
+    return model, spec
 
 
 def load_start_weights(
@@ -110,7 +184,7 @@ def load_start_weights(
     trust: bool = False,
     ckpt: Any = None,
 ) -> WeightsReport:
-    """Load an ImageNet state dict or a gate checkpoint into ``model`` to train from; the head may differ.
+    """Load an ImageNet state dict or a classifier checkpoint into ``model`` to train from; the head may differ.
 
     Args:
         model: the network (`build_network`) to fill.
@@ -118,7 +192,7 @@ def load_start_weights(
         arch: the configured architecture.
         where: the config file, for messages.
         trust: allow a full unpickle of a file that pickles Python objects (``trust_weights``).
-        ckpt: the file's contents if already read (`ResNetGate.start_weights`).
+        ckpt: the file's contents if already read (`ImageClassifier.start_weights`).
 
     Returns:
         What was loaded and skipped; ``new`` lists the head's weights left as initialised (not
@@ -126,8 +200,8 @@ def load_start_weights(
 
     Raises:
         AdapterError: no such file, a file that pickles Python objects without ``trust``, a
-            detector's checkpoint, a gate of another architecture, not a state dict of tensors,
-            or one that lacks (or has in another shape) a weight of the trunk.
+            detector's checkpoint, a classifier of another architecture, not a state dict of
+            tensors, or one that lacks (or has in another shape) a weight of the trunk.
     """
     path = Path(path)
     ckpt = load_weights(path, trust) if ckpt is None else ckpt
@@ -141,8 +215,8 @@ def load_start_weights(
             raise AdapterError(f"{path}: not a state dict of tensors nor a gate checkpoint")
         sd = {k.removeprefix("module."): v for k, v in sd.items()}
     want = model.state_dict()
-    head = {k for k in want if k.startswith("fc.")}
-    body = [k for k in want if k not in head and not k.endswith("num_batches_tracked")]
+    prefix = head_prefix(arch)
+    body = [k for k in want if not k.startswith(prefix) and not k.endswith("num_batches_tracked")]
     bad = [k for k in body if k not in sd or tuple(sd[k].shape) != tuple(want[k].shape)]
     if bad:
         raise AdapterError(
@@ -151,14 +225,19 @@ def load_start_weights(
     return transfer_weights(model, sd, path)
 
 
-def predict_p_abnormal(
-    model: torch.nn.Module, spec: GateInput, images: Iterable[Path | np.ndarray], batch_size: int
-) -> Iterator[float]:
-    """``p_abnormal = sigmoid(logit)`` in [0, 1] per image, in order; ``model`` must be in eval mode.
+def predict_probs(
+    model: torch.nn.Module,
+    spec: GateInput,
+    head: ClassHead,
+    images: Iterable[Path | np.ndarray],
+    batch_size: int,
+) -> Iterator[np.ndarray]:
+    """``(k,)`` float64 class probabilities per image, in order; ``model`` must be in eval mode.
 
     Args:
-        model: a single-logit network (`build_network`), on any device.
+        model: a network of ``head.outputs`` logits (`build_network`), on any device.
         spec: how the network sees an image (from its checkpoint, or the training run's).
+        head: what the outputs mean (softmax for multiclass, else a sigmoid each).
         images: PNG/JPEG paths or uint8 ``(H, W)`` gray / ``(H, W, 3)`` BGR arrays.
         batch_size: images per forward pass.
 
@@ -170,5 +249,24 @@ def predict_p_abnormal(
     for batch in batched(images, max(1, batch_size)):
         x = torch.from_numpy(spec.array([to_gray(im) for im in batch])).to(device)
         with torch.inference_mode():
-            p = torch.sigmoid(model(x).float().squeeze(1)).cpu().numpy()
-        yield from (float(v) for v in p)
+            p = head.probs(model(x)).cpu().numpy().astype(np.float64)
+        yield from p
+
+
+def predict_p_abnormal(
+    model: torch.nn.Module, spec: GateInput, images: Iterable[Path | np.ndarray], batch_size: int
+) -> Iterator[float]:
+    """``p_abnormal = sigmoid(logit)`` in [0, 1] per image, in order, of a single-logit network in eval mode.
+
+    Args:
+        model: a single-logit network (`build_network`), on any device.
+        spec: how the network sees an image (from its checkpoint, or the training run's).
+        images: PNG/JPEG paths or uint8 ``(H, W)`` gray / ``(H, W, 3)`` BGR arrays.
+        batch_size: images per forward pass.
+
+    Raises:
+        AdapterError: an array of another type or shape.
+        FileNotFoundError, ValueError: an image file that is missing or unreadable.
+    """
+    for p in predict_probs(model, spec, ClassHead(), images, batch_size):
+        yield float(p[0])
