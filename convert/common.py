@@ -372,17 +372,51 @@ def build_dataset(
         folds = assign_folds(labels_per_image, n_folds, opts.seed)
         for im in images:
             im["fold"] = folds[im["source_id"]]
-        for k in range(n_folds):
-            val_ids = [im["id"] for im in images if im["fold"] == k]
-            train_ids = [im["id"] for im in images if im["fold"] != k]
-            for name, ids in (("train", train_ids), ("val", val_ids)):
-                sub = ds.subset(ids)
-                sub.info = {**info, "fold": k, "split": name}
-                sub.write(out / f"fold{k}_{name}.json")
-                if k == opts.val_fold:
-                    sub.write(out / f"{name}.json")
+        write_fold_files(ds, out, n_folds, opts.val_fold)
     ds.write(out / "all.json")
     return ds
+
+
+def classification_info(classes: Sequence[str], task: str, category_ids: Sequence[int | None]) -> dict:
+    """The ``info["classification"]`` block of a dataset whose images carry ``labels`` (class names).
+
+    Args:
+        classes: the class names, in column order.
+        task: ``multilabel`` or ``multiclass``.
+        category_ids: the COCO category id each class stands for, or None.
+
+    Raises:
+        ValueError: for another task or a ``category_ids`` of another length than ``classes``.
+    """
+    if task not in ("multilabel", "multiclass"):
+        raise ValueError(f"task must be multilabel or multiclass, got {task!r}")
+    if len(category_ids) != len(classes):
+        raise ValueError(f"{len(category_ids)} category ids for {len(classes)} classes")
+    return {"task": task, "classes": list(classes), "category_ids": list(category_ids)}
+
+
+def write_fold_files(ds: CocoDataset, out: Path, n_folds: int, val_fold: int) -> None:
+    """Write ``fold{k}_train.json``/``fold{k}_val.json`` for every fold and ``train.json``/``val.json``.
+
+    Args:
+        ds: the whole dataset; every image carries its ``"fold"`` in ``[0, n_folds)``.
+        out: the dataset's folder.
+        n_folds: the number of folds.
+        val_fold: the fold written as ``val.json`` (the others as ``train.json``).
+
+    Raises:
+        KeyError: if an image has no ``"fold"``.
+        OSError: if a file cannot be written.
+    """
+    for k in range(n_folds):
+        val_ids = [im["id"] for im in ds.images if im["fold"] == k]
+        train_ids = [im["id"] for im in ds.images if im["fold"] != k]
+        for name, ids in (("train", train_ids), ("val", val_ids)):
+            sub = ds.subset(ids)
+            sub.info = {**ds.info, "fold": k, "split": name}
+            sub.write(out / f"fold{k}_{name}.json")
+            if k == val_fold:
+                sub.write(out / f"{name}.json")
 
 
 def read_id_list(path: Path, column: str, what: str) -> list[str]:

@@ -21,7 +21,7 @@ from core.io import check_out_file
 from core.predictions import write_predictions
 from ensemble.inputs import Inputs, read_inputs
 from fusion.engine import fuse_with
-from fusion.gate import apply_gate
+from fusion.gate import CLASS_MODES, GATE_MODES, apply_gate, class_scores
 from fusion.settings import FusionSettings
 
 CHUNK_IMAGES = 512
@@ -73,12 +73,20 @@ def fuse_and_gate(
     if gate is not None and inputs.gate is None:
         raise ValueError(f"the gate mode {settings.gate_mode!r} needs a gate file of p_abnormal scores")
     if gate is None and inputs.gate is not None:
-        raise ValueError(f"{inputs.gate_path}: a gate file needs a gate mode (append, filter or rescale)")
+        raise ValueError(f"{inputs.gate_path}: a gate file needs a gate mode ({', '.join(GATE_MODES)})")
+    p_class = None
+    if gate is not None and gate["mode"] in CLASS_MODES:
+        p_class = class_scores(inputs.class_probs) if inputs.class_probs is not None else None
+        if p_class is None:
+            raise ValueError(
+                f"{inputs.gate_path}: the gate mode {gate['mode']!r} needs per-class probabilities of "
+                "classes that stand for the detection categories; this file has p_abnormal only (use rescale)"
+            )
     fused = fuse_dataset(inputs.per_model, inputs.sizes, settings, progress)
     if gate is None:
         return fused
     try:
-        return apply_gate(fused, inputs.gate, **gate)  # type: ignore[arg-type]
+        return apply_gate(fused, inputs.gate, **gate, p_class=p_class)  # type: ignore[arg-type]
     except ValueError as e:
         raise ValueError(f"{inputs.gate_path}: {e}") from None
 

@@ -3,7 +3,7 @@
 Every fusion setting (method × ``iou_thr`` × ``skip_box_thr`` × weights, × ``conf_type`` for WBF,
 × ``sigma`` for Soft-NMS) is fused once with `fusion.engine.fuse_many`; with a gate file, each
 fused result is then combined with every gate setting (mode, and for ``filter`` every ``low <= high``
-pair). Each result is scored by ``metric`` with `eval.scoring.Scorer`, the scorer the leaderboard uses, on
+pair; ``rescore`` only where the gate file has per-class probabilities, `fusion.gate.class_scores`). Each result is scored by ``metric`` with `eval.scoring.Scorer`, the scorer the leaderboard uses, on
 the values the file ``run`` writes with the same settings will hold (`core.detections.Detections.as_written`:
 boxes to 0.01 px, scores to 1e-6), so the best setting's score here is exactly the score the
 leaderboard shows for that file. The ground truth is parsed once per sweep. Metrics: ``vinbig``
@@ -43,7 +43,7 @@ from core.io import atomic_open, write_json
 from ensemble.inputs import read_inputs
 from eval.scoring import Scorer, get_metric
 from fusion.engine import METHODS, FlatBoxes, FlatFused, flatten_many, fuse_flat
-from fusion.gate import GATE_MODES, check_gate_options
+from fusion.gate import CLASS_MODES, GATE_MODES, check_gate_options, class_scores
 from fusion.settings import FusionSettings, write_settings
 
 CSV_COLUMNS = ("rank", "score", *(f.name for f in fields(FusionSettings)), "fuse_seconds")
@@ -63,7 +63,8 @@ class SweepGrid:
         weights: weight sets, one weight per model each; None for `default_weights`.
         conf_types: WBF's ``conf_type`` values (other methods ignore it).
         sigmas: Soft-NMS's ``sigma`` values (other methods ignore it).
-        gate_modes: gate rules tried when there is a gate file; ``none`` tries no gate.
+        gate_modes: gate rules tried when there is a gate file; ``none`` tries no gate. ``rescore`` is
+            left out for a gate file without per-class probabilities.
         lows, highs: the ``filter`` thresholds; every pair with ``low <= high`` is tried.
     """
 
@@ -203,8 +204,18 @@ def sweep(
     t_start = time.perf_counter()
     inputs = read_inputs(preds, dataset, gate)
     fusions = grid.fusion_settings(len(inputs.per_model))
+    p_class = class_scores(inputs.class_probs) if inputs.class_probs is not None else None
     gates = grid.gate_settings() if inputs.gate is not None else [(None, None, None)]
-    state = SweepState.build(inputs.per_model, inputs.sizes, Scorer(inputs.dataset, metric), inputs.gate)
+    if p_class is None and inputs.gate is not None:
+        gates = [g for g in gates if g[0] not in CLASS_MODES]
+        if not gates:
+            raise ValueError(
+                f"{gate}: the gate modes {list(grid.gate_modes)} need per-class probabilities of classes that "
+                "stand for the detection categories; this file has p_abnormal only"
+            )
+    state = SweepState.build(
+        inputs.per_model, inputs.sizes, Scorer(inputs.dataset, metric), inputs.gate, p_class
+    )
     scores, fuse_seconds = state.run(fusions, gates, workers=workers, progress=progress)
     rows: list[dict[str, Any]] = []
     settings_of: list[FusionSettings] = []
@@ -247,6 +258,52 @@ def sweep(
     return SweepResult(rows, best, best_score, out)
 
 
+@dataclass(frozen=True)
+class ClassTable:
+    """``rescore``'s per-class probabilities as arrays: what `fusion.gate.apply_gate` multiplies by.
+
+    Attributes:
+        categories: ``(J,)`` int64 sorted category ids that a class stands for.
+        probs: ``(I, J)`` float32 P(class | image) per image index; a category an image's mapping
+            lacks holds the image's ``p_abnormal`` (as `apply_gate`'s fallback).
+        fallback: ``(I,)`` float32 ``p_abnormal``, the factor of a category no class stands for.
+    """
+
+    categories: np.ndarray
+    probs: np.ndarray
+    fallback: np.ndarray
+
+    @classmethod
+    def build(
+        cls, p_class: Mapping[int, Mapping[int, float]], image_ids: Sequence[int], p_abnormal: np.ndarray
+    ) -> ClassTable:
+        """Arrays of ``p_class`` (`fusion.gate.class_scores`) for the images ``image_ids``, in order.
+
+        Raises:
+            ValueError: naming images without per-class probabilities.
+        """
+        missing = [i for i in image_ids if i not in p_class]
+        if missing:
+            raise ValueError(
+                f"the gate has no per-class probabilities for {len(missing)} of {len(image_ids)} images, "
+                f"e.g. image ids {sorted(missing)[:10]}"
+            )
+        cats = np.array(sorted({int(c) for i in image_ids for c in p_class[i]}), np.int64)
+        probs = np.empty((len(image_ids), len(cats)), np.float64)
+        for r, i in enumerate(image_ids):
+            row = p_class[i]
+            probs[r] = [row.get(int(c), p_abnormal[r]) for c in cats]
+        return cls(cats, probs.astype(np.float32), p_abnormal.astype(np.float32))
+
+    def factors(self, img: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """``(N,)`` float32: each row's P(its class | its image), or ``p_abnormal`` for other categories."""
+        if not len(self.categories):
+            return self.fallback[img]
+        pos = np.minimum(np.searchsorted(self.categories, labels), len(self.categories) - 1)
+        hit = self.categories[pos] == labels
+        return np.where(hit, self.probs[img, pos], self.fallback[img])
+
+
 class SweepState:
     """What every setting of a sweep shares, computed once: the flattened inputs, the scorer, the gate.
 
@@ -257,13 +314,22 @@ class SweepState:
         image_ids: ``(I,)`` dataset image id of each image index of ``flat``.
         scorer: the ground truth and the metric.
         p_abnormal: ``(I,)`` float64 gate scores per image index, or None without a gate.
+        class_p: ``rescore``'s per-class probabilities (`ClassTable`), or None.
     """
 
-    def __init__(self, flat: FlatBoxes, image_ids: np.ndarray, scorer: Scorer, p_abnormal: np.ndarray | None):
+    def __init__(
+        self,
+        flat: FlatBoxes,
+        image_ids: np.ndarray,
+        scorer: Scorer,
+        p_abnormal: np.ndarray | None,
+        class_p: ClassTable | None = None,
+    ):
         self.flat = flat
         self.image_ids = image_ids
         self.scorer = scorer
         self.p_abnormal = p_abnormal
+        self.class_p = class_p
         self._no_finding: dict[GateSetting, np.ndarray] = {}
 
     @classmethod
@@ -273,8 +339,15 @@ class SweepState:
         sizes: Mapping[int, tuple[int, int]],
         scorer: Scorer,
         p_abnormal: Mapping[int, float] | None = None,
+        p_class: Mapping[int, Mapping[int, float]] | None = None,
     ) -> SweepState:
         """Flatten the inputs once.
+
+        Args:
+            per_model, sizes: as `fusion.engine.fuse_many`.
+            scorer: the ground truth and the metric.
+            p_abnormal: ``image_id -> P(abnormal)``, or None without a gate.
+            p_class: ``image_id -> {category_id: P}`` for ``rescore`` (`fusion.gate.class_scores`), or None.
 
         Raises:
             ValueError: as `fusion.engine.fuse_many`, or naming images without a gate score.
@@ -290,7 +363,12 @@ class SweepState:
                     f"{sorted(missing)[:10]}"
                 )
             p = np.array([float(p_abnormal[i]) for i in sizes], np.float64)
-        return cls(flat, ids, scorer, p)
+        table = None
+        if p_class is not None:
+            if p is None:
+                raise ValueError("per-class probabilities need the gate's p_abnormal too")
+            table = ClassTable.build(p_class, list(sizes), p)
+        return cls(flat, ids, scorer, p, table)
 
     def score(self, settings: FusionSettings, gates: Sequence[GateSetting]) -> tuple[list[float], float]:
         """Fuse with ``settings`` once and score each gate setting ``(mode, low, high)``.
@@ -315,13 +393,15 @@ class SweepState:
                 check_gate_options(mode, low, high)
                 if self.p_abnormal is None:
                     raise ValueError(f"the gate mode {mode!r} needs a gate file of p_abnormal scores")
+                if mode in CLASS_MODES and self.class_p is None:
+                    raise ValueError(f"the gate mode {mode!r} needs a gate file of per-class probabilities")
                 check_not_gated(fused, self.image_ids)
         scorer, scores = self.scorer, []
         if not scorer.by_class:
             for mode, low, high in gates:
                 cols = (fused.image, fused.labels, fused.boxes, fused.scores)
                 if mode is not None:
-                    cols = gate_columns(fused, self.image_ids, self.p_abnormal, mode, low, high)
+                    cols = gate_columns(fused, self.image_ids, self.p_abnormal, mode, low, high, self.class_p)
                 img, labels, boxes, sc = cols
                 boxes, sc = as_written_columns(boxes, sc)
                 scores.append(scorer.score_columns(self.image_ids[img], labels, boxes, sc))
@@ -330,7 +410,7 @@ class SweepState:
         for mode, low, high in gates:
             key = _lesion_key(mode, low)
             if key not in lesions:
-                img, labels, boxes, sc = gated_lesions(fused, self.p_abnormal, mode, low)
+                img, labels, boxes, sc = gated_lesions(fused, self.p_abnormal, mode, low, self.class_p)
                 boxes, sc = as_written_columns(boxes, sc)
                 lesions[key] = scorer.class_ap_columns(self.image_ids[img], labels, boxes, sc)
             ap = lesions[key]
@@ -427,24 +507,31 @@ def check_not_gated(fused: FlatFused, image_ids: np.ndarray) -> None:
 
 def _lesion_key(mode: str | None, low: float | None) -> Any:
     """Gate settings that leave the boxes alike share a key (``append`` keeps them as no gate does)."""
-    if mode == "rescale":
-        return "rescale"
+    if mode in ("rescale", "rescore"):
+        return mode
     if mode == "filter":
         return ("filter", low)
     return "plain"
 
 
 def gated_lesions(
-    fused: FlatFused, p_abnormal: np.ndarray | None, mode: str | None, low: float | None = None
+    fused: FlatFused,
+    p_abnormal: np.ndarray | None,
+    mode: str | None,
+    low: float | None = None,
+    class_p: ClassTable | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The boxes (not "No finding") of `fusion.gate.apply_gate`, as ``(image index, labels, boxes, scores)``.
 
     ``append`` (and no gate) keeps them; ``rescale`` multiplies the scores by ``p_abnormal`` in
-    float32; ``filter`` drops the boxes of images with ``p_abnormal < low``. Rows keep their order.
+    float32; ``rescore`` by each box's class probability (``class_p``) in float32; ``filter`` drops
+    the boxes of images with ``p_abnormal < low``. Rows keep their order.
     """
     img, labels, boxes, scores = fused.image, fused.labels, fused.boxes, fused.scores
     if mode == "rescale":
         scores = scores * p_abnormal.astype(np.float32)[img]  # type: ignore[union-attr]
+    elif mode == "rescore":
+        scores = scores * class_p.factors(img, labels)  # type: ignore[union-attr]
     elif mode == "filter":
         keep = ~(p_abnormal < low)[img]  # type: ignore[operator]
         img, labels, boxes, scores = img[keep], labels[keep], boxes[keep], scores[keep]
@@ -475,6 +562,7 @@ def gate_columns(
     mode: str,
     low: float | None = None,
     high: float | None = None,
+    class_p: ClassTable | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`fusion.gate.apply_gate` on columns: the same rows, in the same order within each image.
 
@@ -483,6 +571,7 @@ def gate_columns(
         image_ids: ``(I,)`` dataset image id of each image index (for messages).
         p_abnormal: ``(I,)`` gate score of each image index, in ``[0, 1]``.
         mode, low, high: the gate's rule (`fusion.gate`).
+        class_p: ``rescore``'s per-class probabilities, or None.
 
     Returns:
         ``(image index, labels, boxes, scores)`` grouped by image, each image's rows sorted by
@@ -493,8 +582,10 @@ def gate_columns(
             "No finding".
     """
     check_gate_options(mode, low, high)
+    if mode in CLASS_MODES and class_p is None:
+        raise ValueError(f"the gate mode {mode!r} needs per-class probabilities")
     check_not_gated(fused, image_ids)
-    img, labels, boxes, scores = gated_lesions(fused, p_abnormal, mode, low)
+    img, labels, boxes, scores = gated_lesions(fused, p_abnormal, mode, low, class_p)
     nf_img, nf_score = no_finding_rows(p_abnormal, mode, low, high)
     img = np.concatenate([img, nf_img])
     labels = np.concatenate([labels, np.full(len(nf_img), NO_FINDING, np.int64)])

@@ -19,6 +19,12 @@ Rules (``mode``), for an image with boxes ``B`` (scores ``s``) and gate score ``
   plus "No finding" with score ``1 - p``. The "No finding" row is appended because without it a
   normal image can score nothing for class 14 and the metric's 15th class would be lost; a metric
   without class 14 (COCO, RSNA) ignores it (`strip_no_finding`).
+- ``rescore`` (needs a classifier with per-class probabilities, `core.class_probs`): a box of class
+  ``c`` scores ``s * P(c | image)``, the probability of the classifier's class that stands for
+  category ``c`` (a category no class stands for falls back to ``p``, as ``rescale``), plus "No
+  finding" with score P(no finding) ``= 1 - p``. With every probability 1 the boxes are unchanged
+  and "No finding" scores 1. `class_scores` turns a `core.class_probs.ClassProbs` into the
+  ``p_class`` mapping it takes.
 
 No rule mutates its inputs: each returns a new dict of new `Detections`.
 """
@@ -30,11 +36,33 @@ from typing import Literal
 
 import numpy as np
 
+from core.class_probs import ClassProbs
 from core.classes import NO_FINDING, NO_FINDING_BOX
 from core.detections import Detections
 
-GateMode = Literal["append", "filter", "rescale"]
-GATE_MODES: tuple[str, ...] = ("append", "filter", "rescale")
+GateMode = Literal["append", "filter", "rescale", "rescore"]
+GATE_MODES: tuple[str, ...] = ("append", "filter", "rescale", "rescore")
+#: the modes that need per-class probabilities (`class_scores`), not only ``p_abnormal``
+CLASS_MODES: tuple[str, ...] = ("rescore",)
+
+
+def class_scores(cp: ClassProbs) -> dict[int, dict[int, float]] | None:
+    """``image_id -> {category_id: P(the class standing for it | image)}`` for the ``rescore`` mode.
+
+    Only classes that stand for a lesion category count (not "No finding", 14, whose score comes
+    from ``p_abnormal``).
+
+    Returns:
+        The mapping, or None when no class of ``cp`` stands for a lesion category (a binary gate, or
+        a classifier whose classes are no detection categories): ``rescore`` does not apply.
+    """
+    cols = [(k, int(c)) for k, c in enumerate(cp.category_ids) if c is not None and int(c) != NO_FINDING]
+    if not cols:
+        return None
+    probs = cp.probs[:, [k for k, _ in cols]].tolist()
+    cats = [c for _, c in cols]
+    ids = cp.image_ids.tolist()
+    return {int(i): dict(zip(cats, row, strict=True)) for i, row in zip(ids, probs, strict=True)}
 
 
 def check_gate_options(mode: str, low: float | None = None, high: float | None = None) -> None:
@@ -67,28 +95,38 @@ def apply_gate(
     mode: GateMode,
     low: float | None = None,
     high: float | None = None,
+    p_class: Mapping[int, Mapping[int, float]] | None = None,
 ) -> dict[int, Detections]:
     """Combine detections with gate scores by ``mode`` (see the module docstring).
 
     Args:
         dets: ``image_id -> Detections`` (pixels; no class-14 rows).
         p_abnormal: ``image_id -> P(abnormal)`` in ``[0, 1]`` for every image of ``dets`` (more is fine).
-        mode: ``append``, ``filter`` or ``rescale``.
+        mode: ``append``, ``filter``, ``rescale`` or ``rescore``.
         low, high: the ``filter`` thresholds on ``p_abnormal``; None for the other modes.
+        p_class: ``rescore`` only: ``image_id -> {category_id: P(class | image)}`` (`class_scores`)
+            for every image of ``dets``; a category an image's mapping lacks uses ``p_abnormal``.
 
     Returns:
         ``image_id -> Detections`` for every image of ``dets``, sorted by descending score.
 
     Raises:
-        ValueError: for bad options (`check_gate_options`), images of ``dets`` missing from
-            ``p_abnormal`` (naming them), a ``p_abnormal`` outside ``[0, 1]``, or an image that
-            already has "No finding" rows (gated twice).
+        ValueError: for bad options (`check_gate_options`), ``rescore`` without ``p_class``, images
+            of ``dets`` missing from ``p_abnormal`` or ``p_class`` (naming them), a probability
+            outside ``[0, 1]``, or an image that already has "No finding" rows (gated twice).
     """
     check_gate_options(mode, low, high)
-    missing = [i for i in dets if i not in p_abnormal]
+    if mode in CLASS_MODES and p_class is None:
+        raise ValueError(
+            f"the gate mode {mode!r} needs a classifier's per-class probabilities (classes that stand "
+            "for the detection categories); this gate has p_abnormal only (use rescale)"
+        )
+    what, missing = "score", [i for i in dets if i not in p_abnormal]
+    if not missing and mode in CLASS_MODES:
+        what, missing = "per-class probabilities", [i for i in dets if i not in p_class]  # type: ignore[operator]
     if missing:
         raise ValueError(
-            f"the gate has no score for {len(missing)} of {len(dets)} images, e.g. image ids "
+            f"the gate has no {what} for {len(missing)} of {len(dets)} images, e.g. image ids "
             f"{sorted(missing)[:10]}"
         )
     out: dict[int, Detections] = {}
@@ -105,6 +143,13 @@ def apply_gate(
             out[image_id] = with_no_finding(d, p)
         elif mode == "rescale":
             scaled = Detections(d.boxes, d.scores * np.float32(p), d.labels)
+            out[image_id] = with_no_finding(scaled, p)
+        elif mode == "rescore":
+            probs = p_class[image_id]  # type: ignore[index]
+            f = np.array([probs.get(int(c), p) for c in d.labels.tolist()], np.float64)
+            if not (np.isfinite(f) & (f >= 0.0) & (f <= 1.0)).all():
+                raise ValueError(f"image {image_id}: a class probability is outside [0, 1]: {f.tolist()}")
+            scaled = Detections(d.boxes, d.scores * f.astype(np.float32), d.labels)
             out[image_id] = with_no_finding(scaled, p)
         elif p < low:  # type: ignore[operator]
             out[image_id] = _add_no_finding_row(Detections.empty(), 1.0)

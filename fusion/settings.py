@@ -47,7 +47,8 @@ class FusionSettings:
         method: ``wbf``, ``nms``, ``soft-nms`` or ``nmw``.
         weights: one positive weight per model, in the order of the inputs; None for all 1.
         iou_thr, skip_box_thr, conf_type, sigma, soft_method, soft_score_thr: as `fusion.engine.fuse`.
-        gate_mode: ``append``, ``filter`` or ``rescale`` (`fusion.gate`); None for no gate.
+        gate_mode: ``append``, ``filter``, ``rescale`` or ``rescore`` (`fusion.gate`; ``rescore`` needs a
+            classifier with per-class probabilities); None for no gate.
         low, high: the ``filter`` thresholds on ``p_abnormal``; None otherwise.
     """
 
@@ -61,7 +62,9 @@ class FusionSettings:
     sigma: float = _opt(0.5, "Soft-NMS gaussian sigma > 0")
     soft_method: str = _opt("gaussian", "Soft-NMS score decay", SOFT_METHODS)
     soft_score_thr: float = _opt(0.001, "Soft-NMS keeps boxes whose decayed score is above this")
-    gate_mode: str | None = _opt(None, "how the gate meets the boxes; needs --gate", GATE_MODES)
+    gate_mode: str | None = _opt(
+        None, "how the gate meets the boxes; needs --gate (rescore: a per-class classifier's file)", GATE_MODES
+    )
     low: float | None = _opt(None, "filter: p_abnormal below this keeps only 'No finding'")
     high: float | None = _opt(None, "filter: p_abnormal above this keeps boxes only")
 

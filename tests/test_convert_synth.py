@@ -203,3 +203,27 @@ def test_rsna_dicoms_convert_with_boxes_in_the_png_frame(synth_rsna, tmp_path):
             x1, y1, x2, y2 = les["box"]
             got = (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])
             assert _iou((x1 * s, y1 * s, x2 * s, y2 * s), got) > 0.95
+
+
+def test_several_findings_per_image_give_the_multilabel_answer(tmp_path, capsys):
+    """The generator's known findings survive conversion as the multi-label truth a classifier learns."""
+    from convert.synth import ALL_CLASSES, make_vinbig
+    from core.class_probs import dataset_classes, truth_matrix
+    from core.classes import VINBIG_CLASSES
+
+    raw = make_vinbig(
+        tmp_path / "raw", n_images=8, seed=2, sizes=(128, 160), classes=ALL_CLASSES, normal_fraction=0.25,
+        findings=(2, 4), distinct_findings=True,
+    )  # fmt: skip
+    ds = convert_vinbig(raw / "train.csv", tmp_path / "coco", images_dir=raw / "train", size=64, n_folds=2)
+    truth = _truth(raw)
+    classes, cats = dataset_classes(ds, "multilabel")
+    assert classes == (*VINBIG_CLASSES.values(), "No finding") and cats == tuple(range(15))
+    m = truth_matrix(ds, ds.image_ids, "multilabel", classes, cats)
+    for row, image_id in zip(m, ds.image_ids, strict=True):
+        found = truth[ds.image(image_id)["source_id"]]["findings"]
+        assert np.flatnonzero(row).tolist() == (found or [14])
+    assert (m[:, :14].sum(axis=1) >= 2).sum() == 6  # six abnormal images, each with several findings
+    assert main(["ids", str(tmp_path / "coco" / "all.json")]) == 0
+    listed = [line.split("\t")[3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == [", ".join(classes[j] for j in np.flatnonzero(r)).replace("No finding", "normal") for r in m]

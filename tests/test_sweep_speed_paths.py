@@ -9,7 +9,7 @@ import pytest
 from core.classes import VINBIG_CLASSES, coco_categories
 from core.coco import CocoDataset
 from core.detections import Detections, as_written_columns
-from ensemble.sweep import SweepState, gate_columns
+from ensemble.sweep import ClassTable, SweepState, gate_columns
 from eval.scoring import Scorer
 from fusion.engine import _order_by, flatten_many, fuse_flat, fuse_many
 from fusion.gate import apply_gate
@@ -58,6 +58,19 @@ def make_case(seed: int = 0):
 
 
 CASE = make_case()
+
+
+def class_probs_of(ds: CocoDataset, seed: int = 1) -> dict[int, dict[int, float]]:
+    """Per-class probabilities for ``rescore``: informative, of three of the four classes (10 falls back)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for im in ds.images:
+        present = {a["category_id"] for a in ds.annotations_of(im["id"])}
+        out[im["id"]] = {c: float(np.clip((0.8 if c in present else 0.2) + rng.normal(0, 0.2), 0, 1)) for c in (0, 3, 8)}
+    return out
+
+
+P_CLASS = class_probs_of(CASE[0])
 SETTINGS = [
     FusionSettings(method="wbf", weights=(1.0, 1.0, 1.0), iou_thr=0.5),
     FusionSettings(method="wbf", weights=(2.0, 1.0, 1.0), iou_thr=0.4, skip_box_thr=0.3),
@@ -72,7 +85,7 @@ SETTINGS = [
     FusionSettings(method="nmw", weights=(3.0, 1.0, 1.0), iou_thr=0.6, skip_box_thr=0.4),
 ]
 GATES = [(None, None, None), ("append", None, None), ("rescale", None, None), ("filter", 0.1, 0.9),
-         ("filter", 0.3, 0.3), ("filter", 0.0, 1.0)]  # fmt: skip
+         ("filter", 0.3, 0.3), ("filter", 0.0, 1.0), ("rescore", None, None)]  # fmt: skip
 
 
 def assert_same(a: Detections, b: Detections) -> None:
@@ -107,8 +120,10 @@ def test_gate_columns_equal_apply_gate(mode, low, high):
     flat = flatten_many(models, sizes)
     ids = np.array(list(sizes))
     fused = fuse_flat(flat, SETTINGS[1])
-    img, labels, boxes, scores = gate_columns(fused, ids, np.array([p[i] for i in sizes]), mode, low, high)
-    expected = apply_gate(dict(zip(sizes, fused.split(), strict=True)), p, mode, low, high)
+    pa = np.array([p[i] for i in sizes])
+    table = ClassTable.build(P_CLASS, list(sizes), pa)
+    img, labels, boxes, scores = gate_columns(fused, ids, pa, mode, low, high, table)
+    expected = apply_gate(dict(zip(sizes, fused.split(), strict=True)), p, mode, low, high, P_CLASS)
     bounds = np.searchsorted(img, np.arange(len(ids) + 1))
     for k, i in enumerate(ids):
         a, b = bounds[k], bounds[k + 1]
@@ -160,19 +175,19 @@ def test_sweep_state_scores_are_the_plain_scores_bit_for_bit(metric):
     """Every fusion x gate setting: the sweep's score == Scorer.score(as_written(apply_gate(fuse_many)))."""
     ds, models, sizes, p = CASE
     scorer = Scorer(ds, metric)
-    state = SweepState.build(models, sizes, scorer, p)
+    state = SweepState.build(models, sizes, scorer, p, P_CLASS)
     for s in SETTINGS:
         scores, seconds = state.score(s, GATES)
         fused = fuse_many(models, sizes, **s.fusion_options())
         assert seconds >= 0
         for (mode, low, high), got in zip(GATES, scores, strict=True):
-            dets = fused if mode is None else apply_gate(fused, p, mode, low, high)
+            dets = fused if mode is None else apply_gate(fused, p, mode, low, high, P_CLASS)
             assert got == scorer.score({i: d.as_written() for i, d in dets.items()}), (s, mode, low, high)
 
 
 def test_parallel_sweep_equals_serial():
     ds, models, sizes, p = CASE
-    state = SweepState.build(models, sizes, Scorer(ds, "vinbig"), p)
+    state = SweepState.build(models, sizes, Scorer(ds, "vinbig"), p, P_CLASS)
     serial, _ = state.run(SETTINGS, GATES, workers=1)
     parallel, _ = state.run(SETTINGS, GATES, workers=2)
     assert serial == parallel

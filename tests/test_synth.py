@@ -135,6 +135,31 @@ def test_vinbig_all_classes(tmp_path: Path) -> None:
     assert ids <= set(ALL_CLASSES) and len(ids) > len(DEFAULT_CLASSES)
 
 
+def test_vinbig_several_distinct_findings_per_image(tmp_path: Path) -> None:
+    raw = make_vinbig(
+        tmp_path, n_images=8, seed=5, sizes=(128, 160), classes=ALL_CLASSES, normal_fraction=0.25,
+        findings=(2, 4), distinct_findings=True,
+    )  # fmt: skip
+    truth = _truth(raw)
+    by_image: dict[str, set[int]] = defaultdict(set)
+    for r in _rows(raw / "train.csv"):
+        by_image[r["image_id"]].add(int(r["class_id"]))
+    counts = []
+    for key, e in truth.items():
+        classes = [les["class_id"] for les in e["lesions"]]
+        if e["normal"]:
+            assert e["findings"] == [] and by_image[key] == {14}
+            continue
+        assert len(set(classes)) == len(classes)  # one lesion per finding
+        assert 2 <= len(classes) <= 4 and e["findings"] == sorted(classes) == sorted(by_image[key])
+        counts.append(len(classes))
+    assert len(counts) == 6 and len(set(counts)) > 1
+    # the default draws (1-3 lesions, classes drawn independently) are unchanged and listed too
+    plain = _truth(make_vinbig(tmp_path / "plain", n_images=6, seed=5, sizes=(128, 160)))
+    assert all(e["findings"] == sorted({les["class_id"] for les in e["lesions"]}) for e in plain.values())
+    assert all(1 <= len(e["lesions"]) <= 3 for e in plain.values() if not e["normal"])
+
+
 @pytest.mark.parametrize("class_id", ALL_CLASSES)
 def test_every_lesion_shape_is_high_contrast(class_id: int) -> None:
     d = np.full((64, 64), 0.5, dtype=np.float32)
@@ -175,6 +200,9 @@ def test_render_has_full_range_and_chest_anatomy(synth_vinbig: Path) -> None:
         {"classes": (14,)},
         {"classes": ()},
         {"workers": 0},
+        {"findings": (0, 2)},
+        {"findings": (3, 2)},
+        {"findings": (1, 5), "classes": (0, 3, 8, 10), "distinct_findings": True},
     ],
 )
 def test_vinbig_bad_arguments(tmp_path: Path, kwargs: dict) -> None:

@@ -140,7 +140,13 @@ def render_display(entry: dict[str, Any]) -> np.ndarray:
 
 
 def place_lesions(
-    rng: np.random.Generator, height: int, width: int, classes: Sequence[int], n: int, wide: bool = False
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    classes: Sequence[int],
+    n: int,
+    wide: bool = False,
+    distinct: bool = False,
 ) -> list[dict[str, Any]]:
     """Up to ``n`` non-overlapping lesion boxes inside the chest area.
 
@@ -153,6 +159,11 @@ def place_lesions(
             is left out.
         wide: RSNA-like opacities (tall boxes in one lung) instead of square-ish
             boxes of 8–25 % of the shorter side.
+        distinct: give the lesions distinct classes (``n`` at most ``len(classes)``),
+            drawn at once before placing; otherwise each lesion draws its own.
+
+    Raises:
+        ValueError: if ``distinct`` and ``n`` exceeds the number of classes.
 
     Returns:
         ``[{"class_id": int, "box": [x1, y1, x2, y2]}, ...]`` in integer pixels,
@@ -160,8 +171,11 @@ def place_lesions(
     """
     out: list[dict[str, Any]] = []
     side = min(height, width)
-    for _ in range(n):
-        cls = int(rng.choice(classes))
+    if distinct and n > len(classes):
+        raise ValueError(f"{n} lesions of distinct classes need as many classes, got {len(classes)}")
+    drawn = [int(c) for c in rng.choice(classes, size=n, replace=False)] if distinct else None
+    for k in range(n):
+        cls = drawn[k] if drawn is not None else int(rng.choice(classes))
         for _try in range(60):
             if wide:  # RSNA-like opacities: tall boxes in one lung
                 bw = rng.uniform(0.13, 0.22) * width

@@ -111,12 +111,14 @@ def make_vinbig(
     normal_fraction: float = 0.4,
     classes: Sequence[int] = DEFAULT_CLASSES,
     workers: int = 1,
+    findings: tuple[int, int] = (1, 3),
+    distinct_findings: bool = False,
 ) -> Path:
     """Write a synthetic VinBigData raw set: ``train.csv`` + ``train/{image_id}.dicom``.
 
     Three radiologists (distinct of R1..R17) per image. A normal image has three
-    "No finding" rows (class 14, empty coordinates); an abnormal one has 1–3
-    non-overlapping lesions and, per lesion, each radiologist's box jittered by a
+    "No finding" rows (class 14, empty coordinates); an abnormal one has ``findings``
+    (default 1–3) non-overlapping lesions and, per lesion, each radiologist's box jittered by a
     few % of its size, clipped to the image, in original DICOM pixels, printed as
     ``691.0``. The first 18 images cycle through every photometric × BitsStored ×
     transfer-syntax combination (:data:`VINBIG_VARIANT_CYCLE`), later ones follow
@@ -133,6 +135,10 @@ def make_vinbig(
         classes: VinBigData class ids (0..13) to draw lesions from;
             :data:`ALL_CLASSES` for all 14.
         workers: processes writing DICOMs (1 = in this process).
+        findings: ``(min, max)`` lesions per abnormal image, ``1 <= min <= max``.
+        distinct_findings: give an image's lesions distinct classes, so that an image has
+            several findings (the multi-label case; ``max`` at most ``len(classes)``).
+            ``synth_truth.json`` lists each image's ``findings`` (class ids) either way.
 
     Returns:
         ``out_dir``.
@@ -149,6 +155,10 @@ def make_vinbig(
     classes = tuple(int(c) for c in classes)
     if not classes or any(c not in VINBIG_CLASSES for c in classes):
         raise ValueError(f"classes must be a non-empty subset of 0..13, got {classes!r}")
+    f_lo, f_hi = (int(v) for v in findings)
+    if not 1 <= f_lo <= f_hi or (distinct_findings and f_hi > len(set(classes))):
+        limit = f" and max <= {len(set(classes))} distinct classes" if distinct_findings else ""
+        raise ValueError(f"findings must be (min, max) with 1 <= min <= max{limit}, got {findings!r}")
 
     master = np.random.default_rng(seed)
     ids: list[str] = []
@@ -171,9 +181,11 @@ def make_vinbig(
         spacing = float(master.choice([0.1, 0.125, 0.139, 0.15, 0.175]))
         lesion_rng = np.random.default_rng([seed, i, 1])
         is_normal = i in normal
-        lesions = (
-            [] if is_normal else place_lesions(lesion_rng, h, w, classes, int(lesion_rng.integers(1, 4)))
-        )
+        n_lesions = int(lesion_rng.integers(f_lo, f_hi + 1))  # (1, 3): the draws of earlier versions
+        lesions = []
+        if not is_normal:
+            pool = sorted(set(classes)) if distinct_findings else classes
+            lesions = place_lesions(lesion_rng, h, w, pool, n_lesions, distinct=distinct_findings)
         if not is_normal and not lesions:  # pragma: no cover - placement always succeeds at >= 64 px
             raise RuntimeError(f"could not place a lesion in a {w}x{h} image")
         _, _, _, s_lo, s_hi = window_and_rescale(variant)
@@ -184,6 +196,7 @@ def make_vinbig(
             "normal": is_normal,
             "picture_seed": [int(seed), i, 0],
             "lesions": lesions,
+            "findings": sorted({les["class_id"] for les in lesions}),
             "rad_ids": rads,
             "dicom": {**asdict(variant), "pixel_spacing": spacing, "stored_range": [s_lo, s_hi]},
         }
