@@ -9,12 +9,20 @@ its dispatch function to `run_cli`:
 - library code logs with `logging` (``logging.getLogger(__name__)``); `run_cli` decides what is
   shown: warnings by default, INFO with ``-v``, DEBUG with ``-vv``; ``-q`` shows errors only.
   Progress bars (`progress`) show on a terminal only.
+
+One list syntax (`add_list_option`): an option that takes several numbers or names takes them
+separated by spaces, commas or both (``--weights 2 1`` = ``--weights 2,1``, ``--methods wbf nms`` =
+``--methods wbf,nms``); repeating the option adds more values, or, for an option whose values are
+sets (``ensemble sweep --weights``), another set (``--weights 2,1,1 --weights 1,2,1``). A bad value is
+an error about the option (``argument --methods: 'wbx' is not one of wbf, nms, soft-nms, nmw``).
+Options that take files take them separated by spaces only (a file name may hold a comma).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import traceback
 from collections.abc import Callable, Iterable
@@ -54,6 +62,103 @@ def _share_flags(parser: argparse.ArgumentParser) -> None:
                 if "--debug" not in sub._option_string_actions:
                     _add_flags(sub, defaults=False)
                 _share_flags(sub)
+
+
+def number(text: str) -> float:
+    """A finite number.
+
+    Raises:
+        ValueError: ``'x' is not a number`` (or not a finite one).
+    """
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{text!r} is not a finite number")
+    return v
+
+
+def split_values(
+    tokens: Iterable[str], item: Callable[[str], Any] = str, allowed: Iterable[Any] | None = None
+) -> tuple[Any, ...]:
+    """The values of command-line tokens separated by spaces (one token each) or commas.
+
+    Args:
+        tokens: the words given to one option (``["2,1", "3"]``).
+        item: parses one value (e.g. `number`); its ``ValueError`` is the message.
+        allowed: the only values accepted, or None for any.
+
+    Returns:
+        The values in order (``(2.0, 1.0, 3.0)``).
+
+    Raises:
+        ValueError: naming the first value that is empty, does not parse or is not allowed.
+    """
+    allowed = None if allowed is None else tuple(allowed)
+    out: list[Any] = []
+    for tok in tokens:
+        for part in str(tok).split(","):
+            part = part.strip()
+            if not part:
+                raise ValueError(f"empty value in {tok!r} (separate values by spaces or commas)")
+            try:
+                v = item(part)
+            except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+                raise ValueError(str(e) or f"{part!r} is not valid") from None
+            if allowed is not None and v not in allowed:
+                raise ValueError(f"{part!r} is not one of {', '.join(str(a) for a in allowed)}")
+            out.append(v)
+    return tuple(out)
+
+
+class ListAction(argparse.Action):
+    """Collects an option's values by `split_values`: a tuple, or with ``sets`` a tuple of tuples.
+
+    The first use of the option replaces its default; a repeat adds values (or, with ``sets``,
+    another set). Errors name the option.
+    """
+
+    def __init__(self, option_strings, dest, item=str, allowed=None, sets=False, **kw) -> None:
+        kw.setdefault("nargs", "+")
+        super().__init__(option_strings, dest, **kw)
+        self.item, self.allowed, self.sets = item, allowed, sets
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        try:
+            vals = split_values(values, self.item, self.allowed)
+        except ValueError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+        current = getattr(namespace, self.dest, None)
+        current = () if current is None or current is self.default else tuple(current)
+        setattr(namespace, self.dest, (*current, vals) if self.sets else (*current, *vals))
+
+
+def add_list_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *flags: str,
+    item: Callable[[str], Any] = str,
+    allowed: Iterable[Any] | None = None,
+    sets: bool = False,
+    **kw: Any,
+) -> argparse.Action:
+    """Add an option that takes several values in the one list syntax (see the module docstring).
+
+    Args:
+        parser: the parser (or argument group) to add it to.
+        flags: its flags (``"--methods"``).
+        item: parses one value (`number` for numbers; default: the text).
+        allowed: the only values accepted (listed in the error), or None.
+        sets: each use of the option is one set of values (``--weights 2,1 --weights 1,2``).
+        kw: passed to ``add_argument`` (``default``, ``help``, ``metavar``, ``required``, ...).
+
+    Returns:
+        The argparse action; the parsed value is a tuple (of tuples with ``sets``), or the default.
+    """
+    if allowed is not None:
+        allowed = tuple(allowed)
+        kw.setdefault("metavar", "{" + ",".join(str(a) for a in allowed) + "}")
+    return parser.add_argument(*flags, action=ListAction, item=item, allowed=allowed, sets=sets, **kw)
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:

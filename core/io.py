@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -89,6 +90,37 @@ def _file_in_the_way(path: Path, include_self: bool) -> Path | None:
         if p.exists():
             return None if p.is_dir() else p
     return None
+
+
+#: ``(resolved path, mtime_ns, size) -> SHA-256`` of the files `file_sha256` has hashed
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), computed once per path, modification time and size.
+
+    Two files with the same bytes (a copy) have the same digest wherever they lie and however
+    their path is spelled; a file rewritten in place is hashed again.
+
+    Raises:
+        FileNotFoundError: naming ``path`` if it is not a file.
+    """
+    path = Path(path)
+    try:
+        st = path.resolve().stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    digest = _SHA256_CACHE.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _SHA256_CACHE[key] = h.hexdigest()
+    return digest
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:

@@ -7,7 +7,12 @@ sidecar is a JSON object; these keys have a fixed meaning (others may be added):
 
 - ``name``: the row name on a leaderboard (default: the file stem);
 - ``kind``: ``detector``, ``fusion`` or ``gate``;
-- ``dataset``: path of the COCO dataset the predictions were made on;
+- ``dataset``: path of the COCO dataset the predictions were made on, as it was given;
+- ``dataset_path``, ``dataset_sha256``: that dataset's absolute path and the SHA-256 of its bytes
+  when the file was written (`write_predictions` and `write_gate` add them; never copied from
+  another sidecar). Every reader checks them (`check_same_dataset`): results are read against a
+  dataset only if it is the same file's content, however its path is spelled and wherever a copy
+  lies;
 - ``adapter``, ``config``, ``weights``: for a detector or a gate;
 - ``method``, ``inputs``, ``options``, ``gate``: for a fusion;
 - ``images``, ``seconds``, ``images_per_second``: how long predicting took;
@@ -41,7 +46,7 @@ import numpy as np
 from core.boxes import round_xyxy_as_coco
 from core.coco import CocoDataset
 from core.detections import BOX_DECIMALS, SCORE_DECIMALS, Detections, from_coco_columns, from_coco_results
-from core.io import atomic_open, check_out_file, read_json, write_json
+from core.io import atomic_open, check_out_file, file_sha256, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +62,83 @@ def meta_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.meta.json")
 
 
-def _meta(path: Path, meta: Mapping[str, Any], kind: str) -> dict[str, Any]:
+#: the sidecar keys that identify the dataset's file; always computed when a sidecar is written
+DATASET_KEYS = ("dataset_path", "dataset_sha256")
+
+
+def sidecar_meta(path: Path, meta: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The sidecar of ``path``: its ``name``, ``kind``, ``meta``'s keys, the dataset's identity and ``created``.
+
+    Raises:
+        ValueError: for a ``kind`` not in `KINDS`.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    out = {"name": path.stem, "kind": kind, **meta}
+    out = {"name": path.stem, "kind": kind, **{k: v for k, v in meta.items() if k not in DATASET_KEYS}}
+    if isinstance(out.get("dataset"), str) and out["dataset"]:
+        out.update(dataset_identity(out["dataset"]))
     out.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     return out
+
+
+def dataset_identity(dataset: str | Path) -> dict[str, str]:
+    """``{dataset_path, dataset_sha256}`` of a dataset file as it is now, for a sidecar.
+
+    ``dataset_path`` is absolute (the working directory a relative path was given in is lost once
+    the command ends); ``dataset_sha256`` is left out while the file does not exist yet.
+    """
+    p = Path(dataset)
+    out = {"dataset_path": str(p.resolve())}
+    if p.is_file():
+        out["dataset_sha256"] = file_sha256(p)
+    return out
+
+
+def check_same_dataset(path: str | Path, meta: Mapping[str, Any], dataset: CocoDataset) -> None:
+    """Raise if ``path``'s sidecar says it was made on another dataset than ``dataset``'s file.
+
+    Files are compared by what they are, not by how their path was typed: a sidecar with
+    ``dataset_sha256`` matches any file with those bytes (the same file by another path, or a
+    copy). An older sidecar without it names its dataset by ``dataset_path`` or by ``dataset``,
+    whose relative path is tried against the working directory and against each folder above the
+    results file (where it was written from is unknown); it matches when one of those is the same
+    file or has the same bytes. When none of them exists the sidecar cannot be checked: a warning
+    is logged and the image and category checks of the readers remain. A sidecar without
+    ``dataset``, or a dataset that is not a file on disk, is not checked.
+
+    Raises:
+        ValueError: naming ``path``, its sidecar, the dataset it names and ``dataset``'s file.
+    """
+    named = meta.get("dataset")
+    if not isinstance(named, str) or not named or dataset.path is None or not Path(dataset.path).is_file():
+        return
+    path, target = Path(path), Path(dataset.path)
+    mine = file_sha256(target)
+    said = f"{path}: its sidecar {meta_path(path)} says it was predicted on {named}"
+    sha = meta.get("dataset_sha256")
+    if isinstance(sha, str) and sha:
+        if sha == mine:
+            return
+        raise ValueError(
+            f"{said} (SHA-256 {sha[:12]}...), a different dataset from {target} (SHA-256 {mine[:12]}...)"
+        )
+    found = [c for c in _named_candidates(path, named, meta.get("dataset_path")) if c.is_file()]
+    for c in found:
+        if os.path.samefile(c, target) or file_sha256(c) == mine:
+            return
+    if found:
+        raise ValueError(f"{said} ({found[0].resolve()}), a different dataset from {target}")
+    log.warning("%s: cannot check it against %s (%s not found)", said, target, named)
+
+
+def _named_candidates(path: Path, named: str, absolute: Any) -> list[Path]:
+    """Where an older sidecar's dataset may be: its absolute path, else as named from here and above."""
+    out = [Path(absolute)] if isinstance(absolute, str) and absolute else []
+    n = Path(named)
+    if n.is_absolute():
+        return [*out, n]
+    here = path.resolve().parent
+    return [*out, n, *(d / n for d in (here, *here.parents))]
 
 
 def columnar_path(path: str | Path) -> Path:
@@ -82,7 +158,7 @@ def write_predictions(
     """
     path = check_out_file(path)
     columns = coco_columns(dets)
-    write_json(meta_path(path), _meta(path, meta, kind), indent=1)
+    write_json(meta_path(path), sidecar_meta(path, meta, kind), indent=1)
     write_json(path, _rows(*columns))
     _write_columnar(path, columns)
     return path
@@ -197,10 +273,12 @@ def read_predictions(
 
     Raises:
         ValueError: naming the file and the image or category ids it has that ``dataset`` lacks,
-            the first entry whose score is not within [0, 1] (NaN included), or the first
-            malformed entry.
+            the first entry whose score is not within [0, 1] (NaN included), the first
+            malformed entry, or a sidecar that names another dataset (`check_same_dataset`).
     """
     path = Path(path)
+    if path.is_file():
+        check_same_dataset(path, read_meta(path), dataset)
     columns = read_columnar(path) if columnar else None
     try:
         if columns is not None:
@@ -276,7 +354,7 @@ def write_gate(path: str | Path, p_abnormal: Mapping[int, float], meta: Mapping[
     """
     path = check_out_file(path)
     rows = [{"image_id": int(i), "p_abnormal": round(float(p), 6)} for i, p in sorted(p_abnormal.items())]
-    write_json(meta_path(path), _meta(path, meta, "gate"), indent=1)
+    write_json(meta_path(path), sidecar_meta(path, meta, "gate"), indent=1)
     write_json(path, rows)
     return path
 
@@ -286,9 +364,11 @@ def read_gate(path: str | Path, dataset: CocoDataset | None = None) -> dict[int,
 
     Raises:
         ValueError: naming entries that are malformed, outside ``[0, 1]``, or (given ``dataset``)
-            not in the dataset.
+            not in the dataset, or a sidecar that names another dataset (`check_same_dataset`).
     """
     path = Path(path)
+    if dataset is not None and path.is_file():
+        check_same_dataset(path, read_meta(path), dataset)
     rows = read_json(path)
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a list of {{image_id, p_abnormal}}")

@@ -7,12 +7,11 @@ ensemble-boxes on the same boxes divided by the image size (see fusion/engine.py
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from core.cli import add_common_flags, progress, run_cli
+from core.cli import add_common_flags, add_list_option, number, progress, run_cli
 from eval.scoring import METRICS
 from fusion.gate import GATE_MODES
 from fusion.settings import CONF_TYPES, METHODS, FusionSettings
@@ -25,6 +24,11 @@ down-weight boxes (--gate-mode):
   filter    p_abnormal < LOW: only "No finding" with score 1; LOW <= p_abnormal <= HIGH: boxes plus
             "No finding" with P(normal); p_abnormal > HIGH: boxes only
   rescale   box scores times p_abnormal, plus "No finding" with P(normal)
+  rescore   each box's score times P(its class | image) from a classifier with per-class
+            probabilities (a multilabel classifier's file as --gate; a category no class stands
+            for: times p_abnormal), plus "No finding" with P(no finding); a plain gate file is
+            refused (use rescale). The sweep tries it when the --gate file has per-class
+            probabilities.
 """
 
 EPILOG = """examples:
@@ -33,44 +37,21 @@ EPILOG = """examples:
   python -m ensemble run --method wbf --dataset data/val.json --preds preds/yolo.json preds/d2.json \\
       --gate preds/gate.json --gate-mode filter --low 0.1 --high 0.9 --name wbf-gated
   python -m ensemble sweep --dataset data/val.json --preds preds/yolo.json preds/d2.json preds/mmdet.json \\
-      --methods wbf,nms --iou-thr 0.4,0.5,0.6 --skip-box-thr 0,0.01 --weights 1,1,1 2,1,1 \\
+      --methods wbf nms --iou-thr 0.4 0.5 0.6 --skip-box-thr 0 0.01 --weights 1,1,1 --weights 2,1,1 \\
       --gate preds/gate.json --out sweeps/val
   python -m ensemble run --config sweeps/val/best.yaml --dataset data/test.json \\
       --preds preds/test/yolo.json preds/test/d2.json preds/test/mmdet.json --gate preds/test/gate.json --out preds/test/best.json
+
+Options that take several numbers or names take them separated by spaces or commas (--weights 2 1 is
+--weights 2,1); sweep's --weights takes one set per use (--weights 2,1 --weights 1,2).
 """
 
 
 def _float(text: str) -> float:
     try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return v
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    """``"0.3,0.4"`` → ``(0.3, 0.4)``."""
-    parts = [p for p in text.split(",") if p.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    return tuple(_float(p) for p in parts)
-
-
-def _words(choices: tuple[str, ...]):
-    def parse(text: str) -> tuple[str, ...]:
-        words = tuple(w.strip() for w in text.split(",") if w.strip())
-        bad = [w for w in words if w not in choices]
-        if bad or not words:
-            raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(choices)} (comma-separated)")
-        return words
-
-    return parse
-
-
-def _flat(values: list[tuple[float, ...]] | None) -> tuple[float, ...] | None:
-    return None if values is None else tuple(v for vs in values for v in vs)
+        return number(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _inputs_args(p: argparse.ArgumentParser) -> None:
@@ -103,7 +84,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
         if default is not None:
             help_text += f" (default {default})"
         if f.name == "weights":
-            p.add_argument(flag, type=_floats, nargs="+", metavar="W", help=help_text)
+            add_list_option(p, flag, item=number, metavar="W", help=help_text + " (spaces or commas between weights)")
         elif f.metadata["choices"]:
             p.add_argument(flag, choices=f.metadata["choices"], help=help_text)
         else:
@@ -144,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sweep",
         help="score a grid of fusion and gate settings on a validation set; write the ranking and best.yaml",
-        description="Score every combination of the values given on a validation set (comma-separated\n"
-        "lists) and write OUT/results.csv, OUT/results.json (best first) and OUT/best.yaml (for\n"
+        description="Score every combination of the values given on a validation set (values separated\n"
+        "by spaces or commas; --weights once per weight set) and write OUT/results.csv, OUT/results.json (best first) and OUT/best.yaml (for\n"
         f"run --config). Fusion runs once per setting; gate settings reuse it.\n\n{GATE_RULES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
@@ -158,34 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="vinbig",
         help="vinbig: mAP@0.4 with 'No finding' (default); coco: mAP@0.5:0.95; rsna: the RSNA score",
     )
-    p.add_argument(
-        "--methods", type=_words(METHODS), default=("wbf",), help="fusion methods, e.g. wbf,nms (default wbf)"
-    )
-    p.add_argument(
-        "--iou-thr", type=_floats, nargs="+", default=None, help="IoU thresholds (default 0.4,0.5,0.6)"
-    )
-    p.add_argument(
-        "--skip-box-thr", type=_floats, nargs="+", default=None, help="score thresholds (default 0,0.02)"
-    )
-    p.add_argument(
+    add_list_option(p, "--methods", allowed=METHODS, default=("wbf",), metavar="METHOD", help="fusion methods, e.g. wbf nms (default wbf)")
+    add_list_option(p, "--iou-thr", item=number, metavar="T", help="IoU thresholds (default 0.4 0.5 0.6)")
+    add_list_option(p, "--skip-box-thr", item=number, metavar="T", help="score thresholds (default 0 0.02)")
+    add_list_option(
+        p,
         "--weights",
-        type=_floats,
-        nargs="+",
-        metavar="W1,W2,...",
-        help="weight sets, one weight per --preds file each, e.g. 1,1,1 2,1,1 "
-        "(default: all 1, then each model weighted 2 in turn)",
+        item=number,
+        sets=True,
+        metavar="W",
+        help="one weight set, one weight per --preds file, e.g. --weights 2,1,1; repeat the option for "
+        "more sets (default: all 1, then each model weighted 2 in turn)",
     )
-    p.add_argument(
-        "--conf-type", type=_words(CONF_TYPES), default=("avg",), help="WBF conf_type values (default avg)"
-    )
-    p.add_argument("--sigma", type=_floats, nargs="+", help="Soft-NMS sigma values (default 0.5)")
-    p.add_argument(
+    add_list_option(p, "--conf-type", allowed=CONF_TYPES, default=("avg",), metavar="TYPE", help="WBF conf_type values (default avg)")
+    add_list_option(p, "--sigma", item=number, metavar="S", help="Soft-NMS sigma values (default 0.5)")
+    add_list_option(
+        p,
         "--gate-modes",
-        type=_words((*GATE_MODES, "none")),
-        help="with --gate: rules to try, none for no gate (default append,filter,rescale)",
+        allowed=(*GATE_MODES, "none"),
+        metavar="MODE",
+        help="with --gate: rules to try, none for no gate (default append filter rescale, and rescore with a per-class gate)",
     )
-    p.add_argument("--low", type=_floats, nargs="+", help="with --gate: filter lows (default 0.05,0.1,0.2)")
-    p.add_argument("--high", type=_floats, nargs="+", help="with --gate: filter highs (default 0.8,0.9,0.95)")
+    add_list_option(p, "--low", item=number, metavar="L", help="with --gate: filter lows (default 0.05 0.1 0.2)")
+    add_list_option(p, "--high", item=number, metavar="H", help="with --gate: filter highs (default 0.8 0.9 0.95)")
     return parser
 
 
@@ -195,11 +171,10 @@ def _run(args: argparse.Namespace) -> None:
 
     base, info = (FusionSettings(), {}) if args.config is None else read_settings(args.config)
     given = {f.name: getattr(args, f.name) for f in fields(FusionSettings)}
-    given["weights"] = _flat(args.weights)
     settings = merge(base, given)
     settings.validate(len(args.preds))
     if args.gate is not None and settings.gate_mode is None:
-        raise ValueError("--gate needs --gate-mode append, filter or rescale")
+        raise ValueError("--gate needs --gate-mode append, filter, rescale or rescore")
     if args.gate is None and settings.gate_mode is not None:
         where = f" ({args.config} sets gate_mode {settings.gate_mode})" if args.gate_mode is None else ""
         raise ValueError(f"--gate-mode {settings.gate_mode} needs --gate GATE.json{where}")
@@ -228,10 +203,19 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from core.coco import CocoDataset
     from core.io import check_out_dir
     from ensemble.sweep import SweepGrid, sweep
+    from eval.scoring import check_metric_fits
 
     check_out_dir(args.out)
+    check_metric_fits(CocoDataset.load(args.dataset), args.metric)  # before any work
+    for w in args.weights or ():
+        if len(w) != len(args.preds):
+            raise ValueError(
+                f"--weights {','.join(f'{x:g}' for x in w)}: {len(w)} weights for {len(args.preds)} --preds "
+                "files; give one weight per file in each set, one set per --weights (--weights 2,1 --weights 1,2)"
+            )
     if args.gate is None:
         given = [
             f for f, v in (("--gate-modes", args.gate_modes), ("--low", args.low), ("--high", args.high)) if v
@@ -240,14 +224,14 @@ def _sweep(args: argparse.Namespace) -> None:
             raise ValueError(f"{', '.join(given)} need --gate GATE.json")
     grid = SweepGrid(
         methods=args.methods,
-        iou_thrs=_flat(args.iou_thr) or SweepGrid.iou_thrs,
-        skip_box_thrs=_flat(args.skip_box_thr) or SweepGrid.skip_box_thrs,
-        weights=None if args.weights is None else tuple(args.weights),
+        iou_thrs=args.iou_thr or SweepGrid.iou_thrs,
+        skip_box_thrs=args.skip_box_thr or SweepGrid.skip_box_thrs,
+        weights=args.weights,
         conf_types=args.conf_type,
-        sigmas=_flat(args.sigma) or SweepGrid.sigmas,
+        sigmas=args.sigma or SweepGrid.sigmas,
         gate_modes=args.gate_modes or SweepGrid.gate_modes,
-        lows=_flat(args.low) or SweepGrid.lows,
-        highs=_flat(args.high) or SweepGrid.highs,
+        lows=args.low or SweepGrid.lows,
+        highs=args.high or SweepGrid.highs,
     )
     res = sweep(
         args.preds, args.dataset, args.out, grid, metric=args.metric, gate=args.gate, progress=progress

@@ -1,19 +1,19 @@
 """Reading a fusion's input files and checking that they agree with each other and with the dataset.
 
 Every check names the file at fault: a results file that is a gate file (or a gate file that is not),
-a sidecar whose ``dataset`` is another file than ``--dataset``, a file passed twice, image or category
+a sidecar whose dataset is another dataset than ``--dataset`` (compared by content,
+`core.predictions.check_same_dataset`, as every reader of results files does), a file passed twice, image or category
 ids the dataset lacks (`core.predictions.read_predictions`), gate scores for images it lacks or
 missing for images it has.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from core.class_probs import ClassProbs, read_class_probs
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.predictions import meta_path, read_gate, read_meta, read_predictions
@@ -30,6 +30,8 @@ class Inputs:
         per_model: one ``image_id -> Detections`` per file, every dataset image present.
         gate: ``image_id -> p_abnormal`` for every dataset image, or None.
         gate_path: the gate file, or None.
+        class_probs: the gate file's probabilities of every class (`core.class_probs`; a plain gate
+            file reads as one binary class), or None without a gate.
     """
 
     dataset: CocoDataset
@@ -38,6 +40,7 @@ class Inputs:
     per_model: tuple[dict[int, Detections], ...]
     gate: dict[int, float] | None
     gate_path: Path | None
+    class_probs: ClassProbs | None = None
 
     @property
     def sizes(self) -> dict[int, tuple[int, int]]:
@@ -80,10 +83,9 @@ def read_inputs(
         meta = read_meta(p)
         if meta.get("kind") == "gate":
             raise ValueError(f"{p}: is a gate file (kind 'gate' in {meta_path(p)}); pass it as the gate")
-        check_same_dataset(p, meta, ds)
         per_model.append(read_predictions(p, ds))
         names.append(str(meta.get("name", p.stem)))
-    p_abnormal = None
+    p_abnormal = class_probs = None
     if gate is not None:
         gate = Path(gate)
         if not gate.is_file():
@@ -93,36 +95,12 @@ def read_inputs(
             raise ValueError(
                 f"{gate}: its sidecar {meta_path(gate)} says kind {meta.get('kind')!r}, not 'gate'"
             )
-        check_same_dataset(gate, meta, ds)
         p_abnormal = read_gate(gate, ds)
+        class_probs = read_class_probs(gate, ds)
         missing = sorted(set(ds.image_ids) - set(p_abnormal))
         if missing:
             raise ValueError(
                 f"{gate}: no p_abnormal for {len(missing)} of {len(ds.image_ids)} images of {ds.path}, "
                 f"e.g. image ids {missing[:10]}"
             )
-    return Inputs(ds, paths, tuple(names), tuple(per_model), p_abnormal, gate)
-
-
-def check_same_dataset(path: Path, meta: dict[str, Any], dataset: CocoDataset) -> None:
-    """Raise if ``path``'s sidecar names a ``dataset`` that is not ``dataset``'s file.
-
-    A relative sidecar path may be relative to the working directory or to the sidecar's folder.
-    A sidecar without ``dataset`` passes (the image and category checks still apply).
-
-    Raises:
-        ValueError: naming ``path``, its sidecar and both datasets.
-    """
-    named = meta.get("dataset")
-    if not named or dataset.path is None:
-        return
-    target = Path(dataset.path)
-    cand = [Path(named)] if Path(named).is_absolute() else [Path(named), path.parent / named]
-    for c in cand:
-        if c.resolve() == target.resolve():
-            return
-        if c.exists() and target.exists() and os.path.samefile(c, target):
-            return
-    raise ValueError(
-        f"{path}: its sidecar {meta_path(path)} says it was predicted on {named}, not on {dataset.path}"
-    )
+    return Inputs(ds, paths, tuple(names), tuple(per_model), p_abnormal, gate, class_probs)

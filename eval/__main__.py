@@ -92,11 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def leaderboard(args: argparse.Namespace) -> None:
     """The ``leaderboard`` verb: `eval.leaderboard.leaderboard`, then the table and what was written."""
+    from core.coco import CocoDataset
     from eval.leaderboard import leaderboard as make_leaderboard
+    from eval.scoring import check_metric_fits
 
     t0 = time.perf_counter()
+    dataset = CocoDataset.load(args.dataset)
+    check_metric_fits(dataset, args.metric)  # before any work
     res = make_leaderboard(
-        args.dataset,
+        dataset,
         args.preds,
         metric=args.metric,
         gate=args.gate,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.classes import NO_FINDING
+from core.classes import NO_FINDING, NO_FINDING_NAME, RSNA_CLASSES, VINBIG_CLASSES
 from core.coco import CocoDataset
 from core.detections import Detections
 from eval.coco_map import (
@@ -77,6 +77,44 @@ def get_metric(key: str) -> Metric:
     if key not in METRICS:
         raise ValueError(f"unknown metric {key!r}; choose one of {', '.join(METRICS)}")
     return METRICS[key]
+
+
+def _norm(name: object) -> str:
+    return " ".join(str(name).split()).casefold()
+
+
+def check_metric_fits(dataset: CocoDataset, metric: str) -> None:
+    """Raise unless the headline ``metric`` means something on ``dataset``'s classes.
+
+    The commands call it before any work (``eval leaderboard``, ``ensemble sweep``); `Scorer` itself
+    scores any dataset. ``vinbig`` (mAP@0.4 over VinBigData's 14 lesions and "No finding") needs
+    VinBigData's categories: ids 0..13 under VinBigData's names (14 "No finding" allowed). ``rsna``
+    (the RSNA pneumonia score) needs RSNA's one category. ``coco`` fits any dataset.
+
+    Raises:
+        ValueError: naming the metric, the dataset and the first category that does not fit, and
+            the metrics that do.
+    """
+    get_metric(metric)
+    where = dataset.path or "the dataset"
+    names = dataset.category_names
+    if metric == "vinbig":
+        for cid, name in sorted(names.items()):
+            want = VINBIG_CLASSES.get(cid, NO_FINDING_NAME if cid == NO_FINDING else None)
+            if want is None or _norm(name) != _norm(want):
+                expected = f"VinBigData's is {want!r}" if want else "VinBigData's ids are 0..13"
+                other = "rsna or coco" if len(names) == 1 else "coco"
+                raise ValueError(
+                    f"--metric vinbig: {where} is not a VinBigData dataset (category {cid} is {name!r}; "
+                    f"{expected}); the VinBigData metric scores its 14 lesion classes and 'No finding': "
+                    f"use --metric {other}"
+                )
+    elif metric == "rsna" and len(names) != 1:
+        shown = ", ".join(repr(n) for _, n in sorted(names.items())[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(
+            f"--metric rsna: {where} has {len(names)} categories ({shown}); the RSNA score is for RSNA's one "
+            f"class ({RSNA_CLASSES[0]!r}): use --metric {'vinbig or coco' if len(names) > 1 else 'coco'}"
+        )
 
 
 @dataclass(frozen=True)

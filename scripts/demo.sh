@@ -30,3 +30,7 @@ done
 mapfile -t DICOMS < <(find "$WORK/raw/train" -name '*.dicom' | sort | head -n 4)
 "$PY" -m infer predict "$WORK/bundle" "${DICOMS[@]}" --out "$WORK/infer" --overlays --sr
 echo "bundle: $WORK/bundle; answers: $WORK/infer (predictions.json, predictions.csv, overlays/, sr/)"
+echo "leaderboard: $WORK/leaderboard/leaderboard.md; report: $WORK/report/index.html"
+echo "note: synthetic data. These scores show that every step works, not how well: the lesions are bright"
+echo "shapes drawn to be learnt in minutes and the gate separates normal from abnormal perfectly, so they are"
+echo "no evidence about real chest X-rays. README.md, 'Try it on the demo', shows what to run next."

@@ -568,6 +568,14 @@ CATALOGUE: list[Row] = [
         err("gate.json", "entry 0", "p_abnormal nan")),  # fmt: skip
     Row("leaderboard-pattern-matches-nothing", "eval", lambda w, t: board(w, t, str(t / "nothing*.json")),
         err("nothing*.json")),  # fmt: skip
+    Row("leaderboard-metric-rsna-on-vinbig", "eval", lambda w, t: board(w, t, extra=("--metric", "rsna")),
+        err("--metric rsna", "has 14 categories", "use --metric vinbig or coco")),  # fmt: skip
+    Row("leaderboard-predicted-on-another-dataset", "eval", lambda w, t: board(w, t, _on_other_dataset(w, t), w.b),
+        err("model_a.json", "says it was predicted on", "a different dataset from")),  # fmt: skip
+    Row("submission-predicted-on-another-dataset", "convert", lambda w, t: submission(w, t, _on_other_dataset(w, t)),
+        err("model_a.json", "says it was predicted on", "a different dataset from")),  # fmt: skip
+    Row("submission-dataset-copy", "convert", lambda w, t: submission(w, t, dataset=_copy(w.val, t / "copy.json")),
+        None),  # fmt: skip
     Row("leaderboard-out-is-a-file", "eval", lambda w, t: board(w, t)[:-1] + [_file(t / "board")],
         err("board", "--out is an existing file")),  # fmt: skip
     Row("leaderboard-dataset-escapes-folder", "eval", lambda w, t: board(
@@ -684,6 +692,26 @@ def _other_categories(w: World, t: Path) -> Path:
     d["categories"] = [*d["categories"], {"id": 77, "name": "extra"}]
     out = t / "val77.json"
     out.write_text(json.dumps(d))
+    return out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copy(src, dst)
+    return dst
+
+
+def _on_other_dataset(w: World, t: Path) -> Path:
+    """model_a's results and sidecar, as if predicted on another dataset with the same image ids."""
+    from core.predictions import dataset_identity
+
+    other = t / "other" / "val.json"
+    other.parent.mkdir()
+    d = json.loads(w.val.read_text())
+    d["info"] = {**d.get("info", {}), "note": "another conversion"}
+    other.write_text(json.dumps(d))
+    out = _copy(w.a, t / "model_a.json")
+    meta = json.loads(w.a.with_name("model_a.meta.json").read_text())
+    (t / "model_a.meta.json").write_text(json.dumps({**meta, "dataset": str(other), **dataset_identity(other)}))
     return out
 
 

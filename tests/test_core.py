@@ -137,3 +137,97 @@ def test_as_written_is_bit_for_bit_what_a_results_file_reads_back(tmp_path):
         np.testing.assert_array_equal(back[i].labels, mem.labels)
     assert not np.array_equal(d.as_written().boxes, d.boxes)  # the rounding is real
     assert not np.array_equal(d.as_written().scores, d.scores)
+
+
+# --------------------------------------------------------------------------- datasets by content
+
+
+def _tiny_dataset(path, note: str = "") -> CocoDataset:
+    images = [{"id": 1, "file_name": "a.png", "width": 50, "height": 40}]
+    ds = CocoDataset(images, [], [{"id": 0, "name": "Aortic enlargement"}], info={"note": note} if note else {})
+    ds.write(path)
+    return CocoDataset.load(path)
+
+
+def test_file_sha256_is_by_content_and_follows_rewrites(tmp_path):
+    import hashlib
+
+    from core.io import file_sha256
+
+    a, b = tmp_path / "a.bin", tmp_path / "sub" / "b.bin"
+    a.write_bytes(b"one")
+    b.parent.mkdir()
+    b.write_bytes(b"one")
+    assert file_sha256(a) == file_sha256(b) == hashlib.sha256(b"one").hexdigest()
+    a.write_bytes(b"two, longer")  # rewritten in place: hashed again
+    assert file_sha256(a) == hashlib.sha256(b"two, longer").hexdigest()
+    with pytest.raises(FileNotFoundError, match="nope.bin: no such file"):
+        file_sha256(tmp_path / "nope.bin")
+
+
+def test_sidecars_record_the_dataset_and_readers_compare_content(tmp_path, monkeypatch, caplog):
+    from core.io import file_sha256, write_json
+    from core.predictions import (
+        meta_path,
+        read_gate,
+        read_meta,
+        read_predictions,
+        write_gate,
+        write_predictions,
+    )
+
+    ds = _tiny_dataset(tmp_path / "data" / "val.json")
+    dets = {1: Detections([[1, 2, 10, 20]], [0.5], [0])}
+    monkeypatch.chdir(tmp_path)
+    stale = {"dataset_path": "/elsewhere/x.json", "dataset_sha256": "0" * 64}  # never copied from another sidecar
+    p = write_predictions(tmp_path / "preds" / "m.json", dets, {"dataset": "data/val.json", **stale})
+    g = write_gate(tmp_path / "preds" / "gate.json", {1: 0.7}, {"dataset": "data/val.json"})
+    meta = read_meta(p)
+    assert meta["dataset"] == "data/val.json" and meta["dataset_path"] == str(tmp_path / "data" / "val.json")
+    assert meta["dataset_sha256"] == file_sha256(tmp_path / "data" / "val.json") == read_meta(g)["dataset_sha256"]
+    copy = tmp_path / "copy" / "val.json"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / "data" / "val.json").read_bytes())
+    monkeypatch.chdir(tmp_path / "copy")  # another folder, another spelling, a copy: all the same dataset
+    for where in ("val.json", str(tmp_path / "data" / "val.json"), "../data/./val.json"):
+        assert len(read_predictions(p, CocoDataset.load(where))[1]) == 1 and read_gate(g, CocoDataset.load(where))
+    other = _tiny_dataset(tmp_path / "other.json", note="another conversion")  # same ids, other bytes
+    with pytest.raises(ValueError, match=r"m\.json: its sidecar .* says it was predicted on data/val\.json .*"
+                       r"a different dataset from .*other\.json"):  # fmt: skip
+        read_predictions(p, other)
+    with pytest.raises(ValueError, match="gate.json: its sidecar"):
+        read_gate(g, other)
+    # an older sidecar (no fingerprint) whose relative path no longer resolves from here: a warning only
+    old = {k: v for k, v in read_meta(p).items() if k not in ("dataset_path", "dataset_sha256")}
+    write_json(meta_path(p), {**old, "dataset": "gone/val.json"})
+    with caplog.at_level("WARNING", logger="core.predictions"):
+        assert read_predictions(p, other)
+    assert "cannot check it against" in caplog.text
+    write_json(meta_path(p), {**old, "dataset": "other.json"})  # found from the results folder's parent
+    with pytest.raises(ValueError, match=r"says it was predicted on other\.json"):
+        read_predictions(p, ds)
+    assert read_predictions(p, other)
+
+
+def test_one_list_syntax():
+    import argparse
+
+    from core.cli import add_list_option, number, split_values
+
+    assert split_values(["2,1", "3"], number) == (2.0, 1.0, 3.0)
+    with pytest.raises(ValueError, match="'x' is not a number"):
+        split_values(["1,x"], number)
+    with pytest.raises(ValueError, match="empty value in '1,,2'"):
+        split_values(["1,,2"], number)
+    with pytest.raises(ValueError, match="'wbx' is not one of wbf, nms"):
+        split_values(["wbx"], allowed=("wbf", "nms"))
+    p = argparse.ArgumentParser(prog="x")
+    add_list_option(p, "--methods", allowed=("wbf", "nms"), default=("wbf",))
+    add_list_option(p, "--w", item=number)
+    add_list_option(p, "--sets", item=number, sets=True)
+    p.add_argument("--after")
+    a = p.parse_args(["--methods", "nms", "wbf", "--w", "2", "1", "--w", "3", "--sets", "1,2", "--sets", "2", "1",
+                      "--after", "z"])  # fmt: skip
+    assert a.methods == ("nms", "wbf") and a.w == (2.0, 1.0, 3.0) and a.sets == ((1.0, 2.0), (2.0, 1.0))
+    assert p.parse_args([]).methods == ("wbf",) and p.parse_args(["--methods", "nms"]).methods == ("nms",)
+    assert p.parse_args(["--methods", "wbf,nms"]).methods == p.parse_args(["--methods", "wbf", "nms"]).methods

@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 import yaml
 
-from core.classes import VINBIG_CLASSES, coco_categories
+from core.classes import RSNA_CLASSES, VINBIG_CLASSES, coco_categories
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.io import read_json, write_json
-from core.predictions import meta_path, read_meta, read_predictions, write_gate, write_predictions
+from core.predictions import (
+    dataset_identity,
+    meta_path,
+    read_meta,
+    read_predictions,
+    write_gate,
+    write_predictions,
+)
 from ensemble.__main__ import main
 from ensemble.inputs import read_inputs
 from ensemble.run import fuse_and_gate
@@ -30,8 +37,11 @@ from tests.test_fusion import canonical, reference
 N_IMAGES = 30
 
 
-def make_dataset(folder: Path, seed: int = 0) -> Path:
-    """``val.json``: ``N_IMAGES`` images of varied size (no files needed), every third one normal."""
+def make_dataset(folder: Path, seed: int = 0, rsna: bool = False) -> Path:
+    """``val.json``: ``N_IMAGES`` images of varied size (no files needed), every third one normal.
+
+    VinBigData's classes (boxes of four of them), or with ``rsna`` RSNA's one class.
+    """
     rng = np.random.default_rng(seed)
     images, anns = [], []
     for i in range(N_IMAGES):
@@ -45,11 +55,11 @@ def make_dataset(folder: Path, seed: int = 0) -> Path:
         for _ in range(int(rng.integers(1, 4))):
             bw, bh = rng.uniform(0.1, 0.3) * w, rng.uniform(0.1, 0.3) * h
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-            cat = int(rng.choice([0, 3, 8, 10]))
+            cat = 0 if rsna else int(rng.choice([0, 3, 8, 10]))
             anns.append(
                 {"id": len(anns) + 1, "image_id": 100 + i, "category_id": cat, "bbox": [x, y, bw, bh]}
             )
-    ds = CocoDataset(images, anns, coco_categories(VINBIG_CLASSES))
+    ds = CocoDataset(images, anns, coco_categories(RSNA_CLASSES if rsna else VINBIG_CLASSES))
     return ds.write(folder / "val.json")
 
 
@@ -71,14 +81,14 @@ def noisy_model(ds: CocoDataset, seed: int, jitter: float, miss: float, n_fp: in
         b = np.clip(np.concatenate([b, fp]), 0, [w, h, w, h])
         b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 1)
         s = np.concatenate([s, rng.uniform(0, fp_score, n_fp)])
-        lab = np.concatenate([lab, rng.choice([0, 3, 8, 10], n_fp)])
+        lab = np.concatenate([lab, rng.choice([0, 3, 8, 10] if len(ds.category_ids) > 1 else [0], n_fp)])
         out[i] = Detections(b.astype(np.float32), s.astype(np.float32), lab)
     return out
 
 
-def make_case(tmp_path: Path) -> dict:
+def make_case(tmp_path: Path, rsna: bool = False) -> dict:
     """A dataset, three models (two good, one poor) with sidecars, an informative gate file."""
-    ds_path = make_dataset(tmp_path)
+    ds_path = make_dataset(tmp_path, rsna=rsna)
     ds = CocoDataset.load(ds_path)
     specs = [("yolo", 1, 0.04, 0.1, 2, 0.5), ("d2", 2, 0.06, 0.2, 2, 0.5), ("junk", 3, 0.3, 0.5, 6, 1.0)]
     preds = []
@@ -208,8 +218,16 @@ def test_run_with_gate_equals_apply_gate(case, mode, extra):
 
 def _sidecar_dataset(case, other):
     mp = meta_path(case["preds"][1])
-    write_json(mp, {**read_json(mp), "dataset": str(other)})
-    return case["preds"][1], "says it was predicted on"
+    write_json(mp, {**read_json(mp), "dataset": str(other), **dataset_identity(other)})
+    return case["preds"][1], "a different dataset from"
+
+
+def _old_sidecar_dataset(case, other):
+    """A sidecar from before fingerprints (no dataset_sha256) naming another dataset by a relative path."""
+    mp = meta_path(case["preds"][1])
+    meta = {k: v for k, v in read_json(mp).items() if k not in ("dataset_path", "dataset_sha256")}
+    write_json(mp, {**meta, "dataset": "other/val.json"})
+    return case["preds"][1], "says it was predicted on other/val.json"
 
 
 def _unknown_image(case, _):
@@ -237,7 +255,7 @@ def _gate_as_preds(case, _):
 
 def _gate_other_dataset(case, other):
     mp = meta_path(case["gate"])
-    write_json(mp, {**read_json(mp), "dataset": str(other)})
+    write_json(mp, {**read_json(mp), "dataset": str(other), **dataset_identity(other)})
     return case["gate"], "says it was predicted on"
 
 
@@ -245,6 +263,7 @@ def _gate_other_dataset(case, other):
     "spoil",
     [
         _sidecar_dataset,
+        _old_sidecar_dataset,
         _unknown_image,
         _unknown_category,
         _gate_missing_image,
@@ -334,7 +353,7 @@ def test_sweep_finds_the_better_setting_and_run_config_reproduces_its_score(case
     out = case["dir"] / "sweep"
     bad, good = "1,1,8", "4,4,1"  # the third model is the poor one
     args = ["sweep", "--dataset", case["dataset"], "--preds", *case["preds"], "--out", out,
-            "--methods", "wbf,nms", "--iou-thr", "0.1,0.5", "--skip-box-thr", "0", "--weights", bad, good]  # fmt: skip
+            "--methods", "wbf,nms", "--iou-thr", "0.1,0.5", "--skip-box-thr", "0", "--weights", bad, "--weights", good]  # fmt: skip
     assert cli(*args) == 0
     assert "8 settings scored by vinbig" in capsys.readouterr().out
 
@@ -365,9 +384,11 @@ def test_sweep_finds_the_better_setting_and_run_config_reproduces_its_score(case
 
 
 @pytest.mark.parametrize("metric", ["vinbig", "coco", "rsna"])
-def test_every_sweep_score_is_exactly_the_leaderboard_score_of_the_file_run_writes(case, metric):
+def test_every_sweep_score_is_exactly_the_leaderboard_score_of_the_file_run_writes(tmp_path, metric):
     """One scorer: for every setting, the sweep's score == the leaderboard's score of ``run``'s file, to the bit."""
     from ensemble.run import run
+
+    case = make_case(tmp_path, rsna=metric == "rsna")  # the RSNA score needs RSNA's one class
     from eval.leaderboard import build_leaderboard
     from fusion.settings import settings_from_mapping
 
@@ -377,7 +398,7 @@ def test_every_sweep_score_is_exactly_the_leaderboard_score_of_the_file_run_writ
             "--skip-box-thr", "0", "--weights", "1,2", "--gate-modes", "none,append,rescale"]  # fmt: skip
     assert cli(*args) == 0
     rows = read_json(out / "results.json")["results"]
-    assert len(rows) == 4 * 2 * 3 and len({r["score"] for r in rows}) > 3  # the settings do differ
+    assert len(rows) == 4 * 2 * 3 and len({r["score"] for r in rows}) >= 3  # the settings do differ
     for k, r in enumerate(rows):
         settings = settings_from_mapping({key: r[key] for key in r if key not in ("rank", "score", "fuse_seconds")})
         fused = run(case["preds"][:2], case["dataset"], settings, case["dir"] / f"{metric}_{k}.json",
@@ -427,14 +448,17 @@ def test_config_errors_are_named(case, capsys):
 def test_sweep_bad_grid_exits_2(case, capsys):
     base = ["sweep", "--dataset", case["dataset"], "--preds", *case["preds"], "--out", case["dir"] / "s"]
     assert cli(*base, "--weights", "1,1") == 2
-    assert "got 2 weights" in capsys.readouterr().err
+    assert "--weights 1,1: 2 weights for 3 --preds files" in capsys.readouterr().err
+    assert cli(*base, "--weights", "1,1,1", "2,1,1") == 2  # one set per --weights
+    assert "--weights 1,1,1,2,1,1: 6 weights for 3 --preds files" in capsys.readouterr().err
     assert cli(*base, "--iou-thr", "1.5") == 2
     assert "iou_thr must be in [0, 1]" in capsys.readouterr().err
     assert cli(*base, "--gate-modes", "filter", "--low", "0.1") == 2
     assert "--gate-modes, --low need --gate GATE.json" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        cli(*base, "--methods", "wbf,bogus")
-    assert e.value.code == 2 and "choose from wbf, nms, soft-nms, nmw" in capsys.readouterr().err
+        cli(*base, "--methods", "wbf", "bogus")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --methods: 'bogus' is not one of wbf, nms, soft-nms, nmw" in err, err
     assert not (case["dir"] / "s").exists()
 
 
@@ -446,3 +470,68 @@ def test_default_out_and_name(case, monkeypatch):
     assert cli(*run_args(case, "--method", "nmw", "--name", "my fusion")) == 0
     assert (case["dir"] / "preds" / "my fusion.json").is_file()
     assert json.loads(meta_path(case["dir"] / "preds" / "my fusion.json").read_text())["kind"] == "fusion"
+
+
+# --------------------------------------------------------------------------- files by what they are
+
+
+def test_the_same_dataset_however_its_path_is_spelled(case, tmp_path_factory, monkeypatch):
+    """Sidecars hold the dataset's SHA-256: any spelling of its path, from any folder, or a copy, is accepted."""
+    written = read_meta(case["preds"][0])
+    assert written["dataset_path"] == str(case["dataset"].resolve()) and len(written["dataset_sha256"]) == 64
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    copy = elsewhere / "copy_of_val.json"
+    copy.write_bytes(case["dataset"].read_bytes())
+    monkeypatch.chdir(elsewhere)
+    for dataset in (case["dataset"].resolve(), copy.name, Path("..") / case["dir"].name / "val.json"):
+        out = elsewhere / "fused.json"
+        assert cli("run", "--dataset", dataset, "--preds", *case["preds"][:2], "--out", out) == 0, dataset
+        assert read_meta(out)["dataset_sha256"] == written["dataset_sha256"]
+    other = make_dataset(elsewhere / "other", seed=5)
+    with pytest.raises(ValueError, match=f"says it was predicted on .*a different dataset from {other}"):
+        read_inputs(case["preds"][:2], other)
+
+
+def test_an_older_sidecar_is_found_from_the_results_folder(case, monkeypatch, tmp_path_factory):
+    """A sidecar without the fingerprint names the dataset relative to where it was written: found from above."""
+    for p in case["preds"]:
+        mp = meta_path(p)
+        meta = {k: v for k, v in read_json(mp).items() if k not in ("dataset_path", "dataset_sha256")}
+        write_json(mp, {**meta, "dataset": f"{case['dir'].name}/val.json"})  # written from case["dir"]'s parent
+    monkeypatch.chdir(tmp_path_factory.mktemp("somewhere_else"))
+    assert len(read_inputs(case["preds"], case["dataset"].resolve()).per_model) == 3
+
+
+def test_one_list_syntax_in_the_real_command_line(case):
+    """``--methods wbf nms`` is ``--methods wbf,nms`` (the values are not taken for the top-level command)."""
+    outs = []
+    for k, methods in enumerate((["wbf", "nms"], ["wbf,nms"], ["wbf,", "nms"])):
+        out = case["dir"] / f"sweep{k}"
+        r = subprocess.run(
+            [sys.executable, "-m", "ensemble", "sweep", "--dataset", str(case["dataset"]), "--preds",
+             *map(str, case["preds"][:2]), "--methods", *methods, "--iou-thr", "0.4", "0.5", "--skip-box-thr",
+             "0", "--weights", "1", "1", "--weights", "2,1", "--out", str(out)],
+            cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
+        outs.append((r, out))
+    for r, out in outs[:2]:
+        assert r.returncode == 0, r.stderr
+        assert len(read_json(out / "results.json")["results"]) == 2 * 2 * 2  # methods × iou × weight sets
+    settings = [
+        [{k: v for k, v in r.items() if k != "fuse_seconds"} for r in read_json(out / "results.json")["results"]]
+        for _, out in outs[:2]
+    ]
+    assert settings[0] == settings[1]
+    r, out = outs[2]
+    assert r.returncode == 2 and "argument --methods: empty value in 'wbf,'" in r.stderr and not out.exists()
+
+
+def test_a_metric_that_does_not_fit_the_classes_stops_before_any_work(case, tmp_path, capsys):
+    rsna = make_case(tmp_path / "rsna", rsna=True)
+    out = tmp_path / "sweep"
+    assert cli("sweep", "--dataset", rsna["dataset"], "--preds", *rsna["preds"][:2], "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "--metric vinbig: " in err and "is not a VinBigData dataset (category 0 is 'Lung Opacity'" in err, err
+    args = ["sweep", "--dataset", case["dataset"], "--preds", *case["preds"][:2], "--metric", "rsna", "--out", out]
+    assert cli(*args) == 2
+    assert "--metric rsna: " in capsys.readouterr().err and not out.exists()
