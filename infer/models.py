@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -112,11 +113,19 @@ class Ensemble:
             outputs = list(stream)
             per_model.append({i: d.as_written() for i, d in zip(ids, outputs, strict=True)})
             logger.debug("%s: %d boxes on %d images", m.name, sum(len(d) for d in outputs), len(ids))
-        p_abnormal = None
+        p_abnormal = class_probs = None
         if self.gate is not None:
             _, gate, bs = self.gate
             scores = list(gate.predict(list(arrays), bs))
-            p_abnormal = {i: round(float(p), GATE_DECIMALS) for i, p in zip(ids, scores, strict=True)}
+            to_probs = getattr(gate, "class_probs", None)
+            if to_probs is None:
+                p_abnormal = {i: round(float(p), GATE_DECIMALS) for i, p in zip(ids, scores, strict=True)}
+            else:  # as the classifier's predictions file holds them (`core.class_probs.write_class_probs`)
+                cp = to_probs(ids, scores)
+                p_abnormal = dict(
+                    zip(cp.image_ids.tolist(), np.round(cp.abnormal_scores(), GATE_DECIMALS).tolist(), strict=True)
+                )
+                class_probs = replace(cp, probs=np.round(cp.probs, GATE_DECIMALS))
         settings = self.bundle.settings
         if settings is not None:
             inputs = Inputs(
@@ -126,6 +135,7 @@ class Ensemble:
                 per_model=tuple(per_model),
                 gate=p_abnormal if settings.gate_mode is not None else None,
                 gate_path=self.bundle.gate.weights if self.bundle.gate is not None else None,
+                class_probs=class_probs if settings.gate_mode is not None else None,
             )
             fused = fuse_and_gate(inputs, settings)
         else:

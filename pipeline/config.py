@@ -18,7 +18,9 @@ Top-level keys:
   settings runs on the validation (OOF) results, and ``submission.csv`` is the test set's;
 - ``sweep`` (optional): the sweep's grid, ``iou_thr``, ``skip_box_thr`` (lists of numbers) and
   ``gate_modes`` (a list of ``append``, ``filter``, ``rescale``, ``none``);
-- ``models``: detector configs, each a path or ``{config: PATH, set: {KEY: VALUE}}``;
+- ``models``: detector configs, each a path or ``{config: PATH, set: {KEY: VALUE}, resources: {...}}``;
+  ``resources`` (``cpus``, ``gpus``, ``memory_gb``) is what each of the model's steps asks a Ray
+  cluster for (``python -m pipeline run --executor ray``);
 - ``gate``: the classifier gate's config, in the same form (optional);
 - ``ensemble``: ``methods`` (the fusion methods to run, a list) and the fields of
   `fusion.settings.FusionSettings` except ``method`` (``weights``, ``iou_thr``, ``skip_box_thr``,
@@ -84,12 +86,26 @@ def _check_keys(section: str, data: Any, allowed: set[str], where: str) -> dict:
 
 @dataclass
 class ModelEntry:
-    """One model of the pipeline: its config file, the ``key=value`` overrides, and what the config names."""
+    """One model of the pipeline: its config file, the ``key=value`` overrides, and what the config names.
+
+    Attributes:
+        config: the model YAML.
+        overrides: the ``key=value`` overrides (the entry's ``set``, then the command line's ``--set``).
+        name, adapter: the config's ``name`` and ``adapter``.
+        resolved: the validated config after the overrides, as a mapping (`adapters.config.ModelConfig.to_dict`).
+        files: the files the config names that a training reads: the framework's native model config
+            (with a Detectron2 YAML's ``_BASE_`` chain) and the start ``weights``.
+        resources: what one of its steps asks a Ray cluster for: ``cpus``, ``gpus``, ``memory_gb``
+            (the entry's ``resources``; unset keys take the executor's defaults).
+    """
 
     config: Path
     overrides: list[str] = field(default_factory=list)
     name: str = ""
     adapter: str = ""
+    resolved: dict[str, Any] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -272,10 +288,52 @@ def _cv_folds(section: Any, n_folds: int, where: str) -> tuple[int, ...] | None:
     return tuple(sorted(folds))
 
 
+#: a model entry's ``resources``: the lowest value of each (cpus and memory_gb must be above it)
+_RESOURCES = {"cpus": 0, "gpus": 0, "memory_gb": 0}
+
+
+def _resources(value: Any, where: str, key: str) -> dict[str, float]:
+    """A model entry's ``resources`` mapping, checked: ``cpus`` > 0, ``gpus`` >= 0, ``memory_gb`` > 0."""
+    res = _check_keys(f"{key}.resources", value, set(_RESOURCES), where)
+    for name, v in res.items():
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or v < 0 or (v == 0 and name != "gpus"):
+            need = ">= 0" if name == "gpus" else "> 0"
+            raise PipelineError(f"{where}: {key}.resources.{name} must be a number {need}, got {v!r}")
+    return {k: float(v) for k, v in res.items()}
+
+
+def _model_files(model: Any) -> list[Path]:
+    """The files a model config names: its native model config (a Detectron2 YAML with its ``_BASE_``
+    chain; an Ultralytics built-in name is no file) and its start weights."""
+    from adapters.config import ConfigError
+
+    files: list[Path] = []
+    path: Path | None = None
+    builtin = model.adapter == "ultralytics" and "/" not in model.model and "\\" not in model.model
+    if not builtin:  # Ultralytics reads a bare name (yolov8n.yaml) from its own package, as its adapter does
+        try:
+            path = model.model_path()
+        except ConfigError:
+            path = None  # a name, not a file (the gate's architecture)
+    while path is not None and path not in files:
+        files.append(path)
+        base = None
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                base = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("_BASE_")
+            except (yaml.YAMLError, AttributeError, OSError):
+                base = None
+        path = (path.parent / base).resolve() if isinstance(base, str) and (path.parent / base).is_file() else None
+    if model.weights:
+        files.append(Path(model.weights))
+    return files
+
+
 def _entry(item: Any, where: str, key: str, overrides: Sequence[str]) -> ModelEntry:
     if isinstance(item, str):
         item = {"config": item}
-    item = _check_keys(key, item, {"config", "set"}, where)
+    item = _check_keys(key, item, {"config", "set", "resources"}, where)
     if "config" not in item:
         raise PipelineError(f"{where}: {key} needs 'config'")
     cfg = Path(item["config"])
@@ -289,7 +347,8 @@ def _entry(item: Any, where: str, key: str, overrides: Sequence[str]) -> ModelEn
 
     extra = [*sets, *overrides]
     model = load_config(cfg, extra)
-    return ModelEntry(cfg, extra, model.name, model.adapter)
+    resources = _resources(item.get("resources"), where, key)
+    return ModelEntry(cfg, extra, model.name, model.adapter, model.to_dict(), _model_files(model), resources)
 
 
 def _ensemble(section: Any, where: str) -> tuple[tuple[str, ...], FusionSettings]:

@@ -22,7 +22,14 @@ never share one interpreter, and each step's memory is returned when it ends):
 10. ``submission`` (in process, then ``python -m convert submission``): the Kaggle CSV of the best
     fusion, or with ``test`` of the test set (checked against its id list).
 
-Planning reads and writes nothing; `pipeline.execute.run` runs the steps.
+Every step names the files it reads (``inputs``) beside those it writes (``outputs``); `plan`
+derives from them the steps each depends on (``deps``), so the plan is a graph whose independent
+steps (models, folds, the gate, test-set predictions) may run at the same time. A step also carries
+what it is made from besides its command and files (``config``: a model's resolved config, a
+fusion's settings) and what it asks a Ray cluster for (``resources``). `pipeline.records` says
+which steps are done, stale or missing; `pipeline.execute.run` runs the steps.
+
+Planning writes nothing.
 """
 
 from __future__ import annotations
@@ -58,14 +65,35 @@ class Step:
             ``leaderboard`` or ``submission``.
         command: the command line, run in a fresh process; None for a step done in process
             (one of ``IN_PROCESS``).
-        outputs: the files the step must leave behind; when all exist the step counts as done.
+        outputs: the files (and folders) the step must leave behind.
         settings: for a ``fuse:`` step, the settings file to write before the command runs.
+        inputs: the files and folders the step reads (a folder stands for every file in it).
+        deps: the names of the steps that write its inputs (set by `plan`).
+        config: what the step is made from besides its command and inputs, as a mapping: a model's
+            resolved config, a fusion's settings, the pipeline sections an in-process step reads.
+        source: the file ``config`` comes from (said when it changes).
+        resources: what the step asks a Ray cluster for (``cpus``, ``gpus``, ``memory_gb``); an
+            unset key takes the executor's default.
+        run_dir: for a ``train:`` step, its run folder (`pipeline.execute` adds ``--resume`` or
+            ``--overwrite`` to the command when it holds an earlier run).
     """
 
     name: str
     command: list[str] | None
     outputs: list[Path]
     settings: SettingsFile | None = None
+    inputs: list[Path] = field(default_factory=list)
+    deps: list[str] = field(default_factory=list)
+    config: dict[str, Any] | None = None
+    source: Path | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether the step ``name`` is one of ``patterns``: a step's name, or its kind (``train`` names
+    every ``train:`` step, ``fuse`` every ``fuse:`` step)."""
+    return any(name == x or name.startswith(f"{x}:") for x in patterns)
 
 
 def module_command(*args: object) -> list[str]:
@@ -106,15 +134,21 @@ def _convert_steps(p: Pipeline) -> list[Step]:
     extra: list[str] = []
     if d.get("synth"):
         raw = wd / "raw"
-        steps.append(Step("synth", _synth_command(p, d["synth"], raw), [raw / labels_name]))
+        cpus = {"cpus": float(d["synth"].get("workers", 2))}
+        steps.append(Step("synth", _synth_command(p, d["synth"], raw), [raw / labels_name, raw / images_name],
+                          resources=cpus))  # fmt: skip
         labels, images = raw / labels_name, raw / images_name
+        inputs = [labels, images]
     else:
         r = d["raw"]
         labels, images = Path(r["csv" if p.kind == "vinbig" else "labels"]), Path(r["images"])
+        inputs = [labels, images]
         if r.get("size_table"):
             extra += ["--size-table", str(r["size_table"])]
+            inputs.append(Path(r["size_table"]))
         if r.get("class_info"):
             extra += ["--class-info", str(r["class_info"])]
+            inputs.append(Path(r["class_info"]))
     common = [
         "--images", images, "--out", coco, "--size", conv.get("size", 1024), "--folds", conv.get("folds", 5),
         "--val-fold", conv.get("val_fold", 0), "--workers", conv.get("workers", 2),
@@ -126,7 +160,10 @@ def _convert_steps(p: Pipeline) -> list[Step]:
         )  # fmt: skip
     else:
         cmd = module_command("convert", "rsna", "--labels", labels, *common)
-    steps.append(Step("convert", cmd + extra, [coco / "train.json", coco / "val.json", coco / "all.json"]))
+    outs = [coco / "train.json", coco / "val.json", coco / "all.json", coco / "images"]
+    outs += [coco / f"fold{k}_{part}.json" for k in p.cv_folds or () for part in ("train", "val")]
+    cpus = {"cpus": float(max(1, conv.get("workers", 2)))}
+    steps.append(Step("convert", cmd + extra, outs, inputs=inputs, resources=cpus))
     return steps
 
 
@@ -140,18 +177,24 @@ def _test_convert_steps(p: Pipeline) -> list[Step]:
         raw = p.work_dir / "raw_test"
         labels_name, images_name = _SYNTH_FILES[p.kind]
         # its labels are made with the images but never read: the converter sees only the folder
-        steps.append(Step("synth_test", _synth_command(p, t["synth"], raw), [raw / images_name]))
+        cpus = {"cpus": float(t["synth"].get("workers", 2))}
+        steps.append(Step("synth_test", _synth_command(p, t["synth"], raw), [raw / images_name], resources=cpus))
         images = raw / images_name
+        inputs = [images]
     else:
         images = Path(t["images"])
+        inputs = [images]
         for key in ("ids", "size_table"):
             if t.get(key):
                 extra += [f"--{key.replace('_', '-')}", str(t[key])]
+                inputs.append(Path(t[key]))
     cmd = module_command(
         "convert", p.kind, "--images", images, "--out", p.coco_test, "--size", conv.get("size", 1024),
         "--workers", conv.get("workers", 2), *extra,
     )  # fmt: skip
-    steps.append(Step("convert_test", cmd, [p.coco_test / "all.json"]))
+    cpus = {"cpus": float(max(1, conv.get("workers", 2)))}
+    steps.append(Step("convert_test", cmd, [p.coco_test / "all.json", p.coco_test / "images"], inputs=inputs,
+                      resources=cpus))  # fmt: skip
     return steps
 
 
@@ -186,20 +229,40 @@ def _model_steps(p: Pipeline) -> list[Step]:
             sets = [x for o in [*m.overrides, f"dataset.val={val_json}"] for x in ("--set", o)]
             weights = weights_file(p, m, k)
             cmd = module_command("adapters", "train", m.config, "--dataset", train_json, "--out-dir", run, *sets)
-            steps.append(Step(f"train:{m.name}{at}", cmd, [weights, run / "loss.csv"]))
+            common = {"source": m.config, "resources": dict(m.resources)}
+            steps.append(Step(
+                f"train:{m.name}{at}", cmd, [weights, run / "loss.csv"],
+                inputs=[train_json, val_json, coco / "images", *m.files], config=_model_config(m, "train"),
+                run_dir=run, **common,
+            ))  # fmt: skip
             out = preds / fold_dir(p, k) / f"{stem}.json"
             cmd = module_command(
                 "adapters", "predict", m.config, "--weights", weights, "--dataset", val_json, "--out", out, *sets
             )
-            steps.append(Step(f"predict:{m.name}{at}", cmd, [out]))
+            predict = _model_config(m, "predict")
+            reads = [weights, *m.files[:-1]] if m.resolved.get("weights") else [weights, *m.files]
+            steps.append(Step(f"predict:{m.name}{at}", cmd, [out], inputs=[*reads, val_json, coco / "images"],
+                              config=predict, **common))  # fmt: skip
             if p.test is not None:
                 out = p.preds_test / fold_dir(p, k) / f"{stem}.json"
+                test_json = p.coco_test / "all.json"
                 cmd = module_command(
                     "adapters", "predict", m.config, "--weights", weights,
-                    "--dataset", p.coco_test / "all.json", "--out", out, *sets,
+                    "--dataset", test_json, "--out", out, *sets,
                 )  # fmt: skip
-                steps.append(Step(f"predict_test:{m.name}{at}", cmd, [out]))
+                steps.append(Step(f"predict_test:{m.name}{at}", cmd, [out],
+                                  inputs=[*reads, test_json, p.coco_test / "images"], config=predict, **common))  # fmt: skip
     return steps
+
+
+#: the keys of a model config that a training does not read (the pipeline gives dataset and out dir
+#: on the command line) and those a prediction does not read
+_NOT_READ = {"train": ("predict", "dataset", "out_dir"), "predict": ("schedule", "dataset", "out_dir", "weights")}
+
+
+def _model_config(m: ModelEntry, verb: str) -> dict[str, Any]:
+    """What of ``m``'s resolved config a ``train`` or ``predict`` step reads."""
+    return {k: v for k, v in m.resolved.items() if k not in _NOT_READ[verb]}
 
 
 def _fusion_steps(p: Pipeline) -> list[Step]:
@@ -222,7 +285,9 @@ def _fusion_steps(p: Pipeline) -> list[Step]:
             )  # fmt: skip
             if gated:
                 cmd += ["--gate", str(gate_json)]
-            steps.append(Step(f"fuse:{name}", cmd, [out], settings))
+            config = {**settings.settings.to_dict(), **info}
+            inputs = [dataset, *model_preds, *([gate_json] if gated else [])]
+            steps.append(Step(f"fuse:{name}", cmd, [out], settings, inputs=inputs, config=config, source=settings.path))
     return steps
 
 
@@ -245,7 +310,8 @@ def _sweep_step(p: Pipeline) -> Step:
             cmd += [flag, ",".join(str(v) for v in p.sweep[key])]
     if p.gate and "gate_modes" in p.sweep:
         cmd += ["--gate-modes", ",".join(p.sweep["gate_modes"])]
-    return Step("sweep", cmd, [sweep_dir(p) / "best.yaml"])
+    inputs = [p.eval_dataset, *[preds / f"{m.name}.json" for m in p.models], *([preds / "gate.json"] if p.gate else [])]
+    return Step("sweep", cmd, [sweep_dir(p) / "best.yaml"], inputs=inputs)
 
 
 def _test_fusion_steps(p: Pipeline) -> list[Step]:
@@ -262,11 +328,25 @@ def _test_fusion_steps(p: Pipeline) -> list[Step]:
                 "ensemble", "run", "--method", "wbf", "--dataset", test_json, "--preds", *folds,
                 "--name", m.name, "--out", out,
             )  # fmt: skip
-            steps.append(Step(f"fold_fuse:{m.name}", cmd, [out]))
+            steps.append(Step(f"fold_fuse:{m.name}", cmd, [out], inputs=[test_json, *folds]))
         if p.gate:
-            steps.append(Step("fold_fuse:gate", None, [p.preds_test / "gate.json"]))
-    steps.append(Step("fuse_test", None, [fused_test_path(p)]))
+            folds = [p.preds_test / fold_dir(p, k) / "gate.json" for k in p.cv_folds]
+            steps.append(Step("fold_fuse:gate", None, [p.preds_test / "gate.json"], inputs=[test_json, *folds]))
+    reads = [sweep_dir(p) / "best.yaml", test_json, *(p.preds_test / f"{m.name}.json" for m in p.models)]
+    steps.append(Step("fuse_test", None, [fused_test_path(p)], inputs=reads + _gate_file(p, p.preds_test)))
     return steps
+
+
+def _gate_file(p: Pipeline, folder: Path) -> list[Path]:
+    """``[folder / "gate.json"]`` when the pipeline has a gate, else ``[]``."""
+    return [folder / "gate.json"] if p.gate else []
+
+
+def _board_inputs(p: Pipeline, fusions: Sequence[Step]) -> list[Path]:
+    """What the leaderboard and the submission read: the models', the gate's and the fusions'
+    results on the validation (OOF) images, and that dataset."""
+    preds = [p.eval_preds / f"{m.name}.json" for m in p.models]
+    return [p.eval_dataset, *preds, *_gate_file(p, p.eval_preds), *(s.outputs[0] for s in fusions)]
 
 
 def fused_test_path(p: Pipeline) -> Path:
@@ -282,15 +362,49 @@ def plan(p: Pipeline) -> list[Step]:
     steps += _model_steps(p)
     if p.cv_folds:
         outs = [p.eval_dataset, *(p.eval_preds / f"{m.name}.json" for m in p.models)]
-        steps.append(Step("oof", None, outs + ([p.eval_preds / "gate.json"] if p.gate else [])))
-    steps += _fusion_steps(p)
+        stems = [*(m.name for m in p.models), *(["gate"] if p.gate else [])]
+        reads = [p.coco / "all.json", *(p.coco / f"fold{k}_val.json" for k in p.cv_folds)]
+        reads += [p.preds / fold_dir(p, k) / f"{stem}.json" for stem in stems for k in p.cv_folds]
+        steps.append(Step("oof", None, outs + _gate_file(p, p.eval_preds), inputs=reads))
+    fusions = _fusion_steps(p)
+    steps += fusions
     if p.sweeps:
         steps.append(_sweep_step(p))
     if p.test is not None:
         steps += _test_fusion_steps(p)
     wd = p.work_dir
-    steps.append(Step("leaderboard", None, [wd / "leaderboard" / "leaderboard.json", wd / "report" / "index.html"]))
-    steps.append(Step("submission", None, [wd / "submission.csv"]))
+    runs = [s.outputs[1] for s in steps if s.name.startswith("train:")]  # their loss.csv, for the plots
+    board = {"leaderboard": p.leaderboard, "metric": p.metric}
+    steps.append(Step("leaderboard", None, [wd / "leaderboard" / "leaderboard.json", wd / "report" / "index.html"],
+                      inputs=[*_board_inputs(p, fusions), *runs], config=board, source=p.source))  # fmt: skip
+    if p.test is not None:
+        test = [fused_test_path(p), p.coco_test / "all.json", sweep_dir(p) / "best.yaml", *_gate_file(p, p.preds_test)]
+        reads = test + [Path(p.test["ids"])] if p.test.get("ids") else test
+    else:
+        reads = _board_inputs(p, fusions)
+    sub = {"kind": p.submission_kind, "metric": p.metric}
+    steps.append(Step("submission", None, [wd / "submission.csv"], inputs=reads, config=sub, source=p.source))
+    return link(steps)
+
+
+def link(steps: list[Step]) -> list[Step]:
+    """Set every step's ``deps``: the earlier steps that write one of its inputs (or a folder holding one).
+
+    Returns:
+        ``steps``, in their order, which lists every step after the steps it depends on.
+    """
+    made: dict[Path, str] = {}
+    for step in steps:
+        deps: list[str] = []
+        for path in step.inputs:
+            for cand in (path, *path.parents):
+                name = made.get(cand)
+                if name is not None:
+                    if name not in deps:
+                        deps.append(name)
+                    break
+        step.deps = deps
+        made.update({o: step.name for o in step.outputs})
     return steps
 
 

@@ -25,7 +25,11 @@ FLOORS: dict[str, int] = {
     "infer": 5,
 }
 #: a training framework, imported only inside one adapter module at a time
-FRAMEWORKS = ("torch", "torchvision", "ultralytics", "detectron2", "mmdet", "mmcv", "mmengine")
+FRAMEWORKS = (
+    "torch", "torchvision", "ultralytics", "detectron2", "mmdet", "mmcv", "mmengine", "pytorch_grad_cam", "ray",
+)  # fmt: skip
+#: optional or heavy packages and the one module each may be imported in
+CONFINED = {"ray": "pipeline.ray_executor", "pytorch_grad_cam": "adapters.gate.cam"}
 
 
 def _modules() -> dict[str, Path]:
@@ -79,6 +83,13 @@ def test_imports_only_look_down(module):
         if other in FRAMEWORKS and pkg in ("core", "fusion", "convert", "ensemble", "eval"):
             bad.append(f"line {line}: training framework {target}")
     assert not bad, f"{module} (floor {FLOORS[pkg]}) imports upward or sideways: {bad}"
+
+
+@pytest.mark.parametrize("package", sorted(CONFINED))
+def test_optional_packages_are_imported_in_one_module_only(package):
+    where = {m for m, path in MODULES.items() for t, _ in _imports(path, m) if t.split(".")[0] == package}
+    assert where <= {CONFINED[package]}, f"{package} is imported by {sorted(where - {CONFINED[package]})}"
+    assert where, f"{CONFINED[package]} no longer imports {package}: update CONFINED"
 
 
 def test_no_import_cycles_between_modules():

@@ -192,7 +192,7 @@ def test_findings_state_what_the_numbers_say():
     assert worse[0].startswith("Fusion did not beat") and worse[1].startswith("The gate did not help")
 
 
-def test_rerun_skips_steps_whose_outputs_exist(tmp_path, capsys):
+def test_rerun_skips_steps_that_are_done(tmp_path, capsys):
     data = yaml.safe_load(DEMO.read_text())
     data["data"]["synth"].update(n_images=6, min_size=96, max_size=128)
     data["data"]["convert"].update(size=64, folds=2)
@@ -200,13 +200,14 @@ def test_rerun_skips_steps_whose_outputs_exist(tmp_path, capsys):
     work = str(tmp_path / "w")
     assert main(["run", str(cfg), "--work-dir", work, "--only", "synth", "convert"]) == 0
     first = capsys.readouterr().out
-    assert "[1/" in first and "skipped" not in first
+    assert "[1/31] synth (never run)" in first and ": skipped," not in first
+    assert "2 ran" in first and ", 0 skipped" in first  # the summary
     # each command's own output goes to its step's log, the command line first
     log = (tmp_path / "w" / "logs" / "convert.log").read_text()
     assert log.startswith("$ ") and " -m convert vinbig " in log and "train.json, val.json" in log
     stamp = (tmp_path / "w" / "coco" / "all.json").stat().st_mtime_ns
     assert main(["run", str(cfg), "--work-dir", work, "--only", "synth", "convert"]) == 0
-    assert capsys.readouterr().out.count("outputs exist, skipped") == 2
+    assert capsys.readouterr().out.count(", nothing changed (--force ") == 2
     assert (tmp_path / "w" / "coco" / "all.json").stat().st_mtime_ns == stamp
     assert main(["run", str(cfg), "--work-dir", work, "--only", "convert", "--force", "convert"]) == 0
     assert (tmp_path / "w" / "coco" / "all.json").stat().st_mtime_ns != stamp
@@ -246,9 +247,13 @@ def test_failed_step_is_exit_2_naming_the_step(tmp_path, capfd):
 
 
 def test_plan_command_lists_steps_and_settings(tmp_path, capsys):
-    assert main(["plan", str(DEMO), "--work-dir", str(tmp_path / "w")]) == 0
+    assert main(["plan", str(DEMO), "--work-dir", str(tmp_path / "w"), "--commands"]) == 0
     out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["step", "status", "why"] and lines[1].split() == ["synth", "missing", "never", "run"]
+    assert "0 done, 0 stale, 31 missing" in out
     assert "[1] synth: " in out and "leaderboard: (in process)" in out
+    assert "after train:yolov8n_cpu, convert" in out  # predict:yolov8n_cpu's dependencies
     assert "reads " + str(tmp_path / "w" / "fusion_settings" / "wbf_gate.yaml") in out
     assert "method wbf, iou_thr 0.5, skip_box_thr 0.0" in out and "gate_mode append" in out
     assert not (tmp_path / "w").exists()  # planning writes nothing
