@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from core.io import atomic_open
+
 #: the loggers of the frameworks (and their helpers) whose console handlers are redirected
 FRAMEWORK_LOGGERS: tuple[str, ...] = (
     "ultralytics",
@@ -86,9 +88,9 @@ def framework_output(log_path: str | Path, echo: bool = False, held: bool = Fals
     Args:
         log_path: the log file (appended to, so a resumed run keeps its first part).
         echo: also show it on the console (``-v``).
-        held: keep the output in memory and append it to ``log_path`` at the end, only if its
-            folder exists by then (a prediction that failed before writing anything leaves no
-            folder behind).
+        held: keep the output in memory and write it to ``log_path`` at the end, in place of
+            an earlier one, only if its folder exists by then (a prediction that failed before
+            writing anything leaves no folder behind; a re-run's log replaces the last one's).
 
     Yields:
         ``log_path``.
@@ -107,8 +109,12 @@ def framework_output(log_path: str | Path, echo: bool = False, held: bool = Fals
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         outer_out, outer_err = sys.stdout, sys.stderr
         swapped: dict[int, logging.Handler] = {}  # id(handler in the block) → the original
+        levels = {}  # the frameworks' progress (INFO) belongs in the log, whatever the process set before
         for name in FRAMEWORK_LOGGERS:
             lg = logging.getLogger(name)
+            if name not in ("torch", "py.warnings") and lg.getEffectiveLevel() > logging.INFO:
+                levels[name] = lg.level
+                lg.setLevel(logging.INFO)
             new_handlers = []
             for h in lg.handlers:
                 r = _redirected(h, out, err)
@@ -129,6 +135,8 @@ def framework_output(log_path: str | Path, echo: bool = False, held: bool = Fals
                 yield log_path
             finally:
                 root.handlers[:] = root_handlers
+                for name, level in levels.items():
+                    logging.getLogger(name).setLevel(level)
                 for name in FRAMEWORK_LOGGERS:
                     lg = logging.getLogger(name)
                     kept: list[logging.Handler] = []
@@ -152,8 +160,8 @@ def _held(buffer: io.StringIO, log_path: Path) -> Iterator[io.StringIO]:
         yield buffer
     finally:
         text = buffer.getvalue()
-        if text and log_path.parent.is_dir():
-            with open(log_path, "a", encoding="utf-8") as f:
+        if text and log_path.parent.is_dir():  # the prediction's log replaces an earlier run's, whole
+            with atomic_open(log_path, "w", encoding="utf-8") as f:
                 f.write(text)
         buffer.close()
 
@@ -161,11 +169,12 @@ def _held(buffer: io.StringIO, log_path: Path) -> Iterator[io.StringIO]:
 def _redirected(handler: logging.Handler, out: TextIO, err: TextIO) -> logging.Handler:
     """A console handler of a framework pointed at the log streams; other handlers as they are."""
     if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+        # any stream but a file is a console, also one that was sys.stdout when the handler was
+        # made and has been replaced since (a framework set up earlier in the same process)
         stream = getattr(handler, "stream", None)
         if stream in (sys.__stdout__, sys.stdout) or getattr(stream, "name", None) == "<stdout>":
             return _copy(handler, out)
-        if stream in (sys.__stderr__, sys.stderr) or getattr(stream, "name", None) == "<stderr>":
-            return _copy(handler, err)
+        return _copy(handler, err)
     return handler
 
 

@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core.class_probs import join_class_probs, mean_class_probs, read_class_probs
 from core.io import write_json
 from pipeline.config import REPO, Pipeline, PipelineError
@@ -399,8 +397,9 @@ def oof_dataset(p: Pipeline):
 def _oof(p: Pipeline) -> str:
     """Join each model's (and the gate's) fold predictions into one out-of-fold file on ``coco/oof.json``.
 
-    ``coco/oof.json`` is written first, so the joined files' sidecars carry its fingerprint; the step's
-    record (`pipeline.records`), written after all of them, is what says the step is done.
+    Every fold file is read and checked before anything is written; then ``coco/oof.json``, so the
+    joined files' sidecars carry its fingerprint; the step's record (`pipeline.records`), written
+    after all of them, is what says the step is done.
 
     Raises:
         PipelineError: if the folds do not cover the OOF images exactly once (`oof_dataset`), or a
@@ -411,25 +410,31 @@ def _oof(p: Pipeline) -> str:
 
     oof, fold_of = oof_dataset(p)
     oof.info = {**oof.info, "split": "oof", "folds": list(p.cv_folds or ())}
-    oof.write(p.eval_dataset)
     folds = list(p.cv_folds or ())
     vals = {k: CocoDataset.load(p.coco / f"fold{k}_val.json") for k in folds}
     out = p.eval_preds
+    joined = []  # every file is read and checked before anything is written
     for m in [*p.models, *([p.gate] if p.gate else [])]:
         stem = "gate" if m is p.gate else m.name
         files = {k: p.preds / f"fold{k}" / f"{stem}.json" for k in folds}
         meta = {**read_meta(files[folds[0]]), "name": p.row_name(stem) if m is not p.gate else "gate"}
         meta.update(dataset=str(p.eval_dataset), folds={str(k): str(f) for k, f in files.items()})
         if m is p.gate:
-            parts = [read_class_probs(f, vals[k]) for k, f in files.items()]
-            _check_covered(dict.fromkeys(np.concatenate([c.image_ids for c in parts]).tolist()), fold_of, stem)
-            _write_classifier(out / "gate.json", join_class_probs(parts), meta)
+            probs = join_class_probs([read_class_probs(f, vals[k]) for k, f in files.items()])
+            _check_covered(dict.fromkeys(probs.image_ids.tolist()), fold_of, stem)
+            joined.append((True, stem, probs, meta))
         else:
             dets = {}
             for k, f in files.items():
                 dets.update(read_predictions(f, vals[k]))
             _check_covered(dets, fold_of, stem)
-            write_predictions(out / f"{stem}.json", dets, meta, kind=meta.get("kind", "detector"))
+            joined.append((False, stem, dets, meta))
+    oof.write(p.eval_dataset)  # first, so the joined files' sidecars carry its fingerprint
+    for is_gate, stem, data, meta in joined:
+        if is_gate:
+            _write_classifier(out / "gate.json", data, meta)
+        else:
+            write_predictions(out / f"{stem}.json", data, meta, kind=meta.get("kind", "detector"))
     return f"out-of-fold results of folds {folds} on {len(oof.images)} images: {out}"
 
 

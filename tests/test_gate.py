@@ -10,41 +10,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.adapters_cli import adapters_cli, one_torch_thread  # noqa: F401 (a fixture)
 from tests.conftest_paths import REPO
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU_CONFIG = REPO / "configs" / "cpu" / "gate_resnet18.yaml"
 #: the test's schedule: 64 training images, 96 px, 4 epochs of 8 steps
 TEST_SET = ["image_size=96", "schedule.epochs=4", "schedule.batch_size=8", "schedule.log_period=8"]
-
-
-def _cli(*args: str | Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "adapters", *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +45,7 @@ def run(coco, tmp_path_factory) -> dict:
     from core.coco import CocoDataset
 
     out = tmp_path_factory.mktemp("gate_run")
-    r = _cli(
+    r = adapters_cli(
         "train", CPU_CONFIG, "--dataset", coco / "train.json", "--out-dir", out / "run", "-v",
         "--set", f"dataset.val={coco / 'val.json'}", *(a for kv in TEST_SET for a in ("--set", kv)),
     )  # fmt: skip
@@ -78,7 +56,7 @@ def run(coco, tmp_path_factory) -> dict:
     val = CocoDataset.load(coco / "val.json")
     normal = next(i for i in val.image_ids if val.is_normal(i))
     abnormal = next(i for i in val.image_ids if not val.is_normal(i))
-    r2 = _cli(
+    r2 = adapters_cli(
         "predict", CPU_CONFIG, "--weights", out / "run" / "weights.pth", "--dataset", coco / "val.json",
         "--out", out / "preds" / "gate.json", "--cam", normal, abnormal,
     )  # fmt: skip
@@ -273,7 +251,7 @@ def test_wrong_architecture_is_a_clear_error(coco, tmp_path):
 
     with pytest.raises(AdapterError, match=r"resnet101.*resnet18, resnet34, resnet50"):
         ResNetGate(load_config(CPU_CONFIG, ["model=resnet101"]))
-    r = _cli(
+    r = adapters_cli(
         "train", CPU_CONFIG, "--dataset", coco / "train.json", "--out-dir", tmp_path, "--set", "model=vgg16"
     )
     assert r.returncode == 2
@@ -308,7 +286,7 @@ def test_checkpoint_of_another_arch_or_a_detector_is_refused(run, coco, tmp_path
         },
         det,
     )
-    r = _cli(
+    r = adapters_cli(
         "predict", CPU_CONFIG, "--weights", det, "--dataset", coco / "val.json", "--out", tmp_path / "g.json"
     )
     assert r.returncode == 2, r.stdout + r.stderr
