@@ -8,10 +8,11 @@ README assumes a reader's folder to be:
 - ``work/demo``: what ``make demo`` leaves, made by ``python -m pipeline run configs/pipelines/demo.yaml``
   with the demo's own data settings (the same synthetic images, ids and folds), two of its four
   detectors, the gate and two fusion methods, without its unlabelled test set;
-- the raw files the conversion examples name, synthetic and small: ``train.csv`` + ``train/``,
+- the raw files the conversion examples name, small: ``train.csv`` + ``train/``,
   ``png_1024/`` + ``train_meta.csv``, ``test/`` + ``sample_submission.csv`` + ``test_meta.csv``,
   the RSNA CSVs and ``stage_2_train_images/``, ``stage_2_test_images/`` +
-  ``stage_2_sample_submission.csv``, and ``new_studies/`` (two DICOMs);
+  ``stage_2_sample_submission.csv``, ``new_studies/`` (two DICOMs), NIH's real CSVs cut to twelve
+  images (six with boxes) with noise PNGs in ``images/``, and a class-per-folder tree;
 - ``configs/``: a copy of the repository's, every model config with its schedule and image size cut
   to a few CPU seconds (the commands are the README's; only the amount of training differs).
 
@@ -24,6 +25,7 @@ that exits non-zero, naming it. New README sections are picked up without changi
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import re
 import shutil
@@ -32,6 +34,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -42,7 +45,7 @@ pytestmark = pytest.mark.slow
 MARKER = "# not run by the tests:"
 DOCS = (REPO / "README.md", REPO / "configs" / "README.md")
 #: the most commands the README may leave to its readers (a GPU, Docker, Kaggle, make, real data)
-MAX_NOT_RUN = 16
+MAX_NOT_RUN = 18
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,46 @@ def _raw_files(tree: Path, env: dict[str, str]) -> None:
     (tree / "stage_2_sample_submission.csv").write_text(
         "patientId,PredictionString\n" + "".join(f"{i},0.5 0 0 100 100\n" for i in pids)
     )
+    _nih_files(tree)
+    _class_folders(tree)
     shutil.rmtree(tmp)
+
+
+def _nih_files(tree: Path, n_boxed: int = 6, n_plain: int = 6) -> None:
+    """NIH ChestX-ray14's real CSVs cut to a few images (some with boxes), and a small PNG for each."""
+    import pandas as pd
+    from PIL import Image
+
+    from tests.conftest_paths import REAL
+
+    entry = pd.read_csv(REAL / "nih_chestxray14" / "Data_Entry_2017_v2020.csv.xz")
+    bbox = pd.read_csv(REAL / "nih_chestxray14" / "BBox_List_2017.csv.xz")
+    boxed = entry[entry["Image Index"].isin(bbox["Image Index"])].drop_duplicates("Patient ID").head(n_boxed)
+    plain = entry[~entry["Patient ID"].isin(boxed["Patient ID"])].drop_duplicates("Patient ID").head(n_plain)
+    rows = pd.concat([boxed, plain])
+    rows.to_csv(tree / "Data_Entry_2017_v2020.csv", index=False)
+    lines = lzma.decompress((REAL / "nih_chestxray14" / "BBox_List_2017.csv.xz").read_bytes()).decode().splitlines()
+    keep = set(boxed["Image Index"])
+    (tree / "BBox_List_2017.csv").write_text(
+        "\n".join([lines[0], *[ln for ln in lines[1:] if ln.split(",", 1)[0] in keep]]) + "\n"
+    )
+    (tree / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for name in rows["Image Index"]:
+        Image.fromarray(rng.integers(0, 256, (128, 128), dtype=np.uint8)).save(tree / "images" / name)
+
+
+def _class_folders(tree: Path, per_class: int = 6) -> None:
+    """A tiny COVID-19 radiography layout: one folder per class, PNGs in its ``images/``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root = tree / "COVID-19_Radiography_Dataset"
+    for cls in ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"):
+        (root / cls / "images").mkdir(parents=True)
+        for j in range(per_class):
+            pixels = rng.integers(0, 256, (96, 96), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / "images" / f"{cls.replace(' ', '_')}-{j + 1}.png")
 
 
 def _env() -> dict[str, str]:
