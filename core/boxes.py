@@ -32,11 +32,27 @@ def iou_with_areas(a: np.ndarray, area_a: np.ndarray, b: np.ndarray, area_b: np.
     Returns:
         The IoU, shaped as the broadcast leading axes.
     """
+    inter, union = _inter_union(a, area_a, b, area_b)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=inter > 0)
+
+
+def iou_above(a: np.ndarray, area_a: np.ndarray, b: np.ndarray, area_b: np.ndarray, thr: float) -> np.ndarray:
+    """``iou_with_areas(a, area_a, b, area_b) > thr`` for ``thr >= 0``, bit for bit, without the masked division.
+
+    Where the boxes overlap the quotient is the same float as `iou_with_areas`'; where they do not,
+    it is 0 or NaN (two empty boxes), and neither is above a threshold >= 0.
+    """
+    inter, union = _inter_union(a, area_a, b, area_b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / union > thr
+
+
+def _inter_union(a: np.ndarray, area_a: np.ndarray, b: np.ndarray, area_b: np.ndarray):
+    """The intersection and union areas of xyxy boxes ``a`` and ``b`` (see `iou_with_areas`)."""
     w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
     h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
     inter = np.maximum(w, 0) * np.maximum(h, 0)
-    union = area_a + area_b - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=inter > 0)
+    return inter, area_a + area_b - inter
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

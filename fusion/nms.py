@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.boxes import iou_above
 from fusion.wbf import _active_counts, _area, _chunks, _coordinate_major, _empty_slots, _iou_to_slots
 
 
@@ -43,8 +44,8 @@ def nms_groups(boxes: np.ndarray, starts: np.ndarray, lengths: np.ndarray, iou_t
             b_area = _area(b)
             m = int(n_kept[:n_act].max())
             if m:
-                iou = _iou_to_slots(kept[:n_act, :m], kept_area[:n_act, :m], b, b_area)
-                ok = np.flatnonzero(~(iou > iou_thr).any(1))
+                over = iou_above(kept[:n_act, :m], kept_area[:n_act, :m], b[:, None, :], b_area[:, None], iou_thr)
+                ok = np.flatnonzero(~over.any(1))
             else:
                 ok = np.arange(n_act)
             c = n_kept[ok]

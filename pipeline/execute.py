@@ -394,6 +394,14 @@ def oof_dataset(p: Pipeline):
     return all_ds.subset(sorted(seen)), seen
 
 
+#: the first finding of a pipeline whose data it made itself (``data.synth``)
+SYNTHETIC_NOTE = (
+    "Synthetic data: these scores show that every step works, not how well. The lesions are bright "
+    "shapes drawn to be learnt in minutes and the gate separates normal from abnormal perfectly, so "
+    "they are no evidence about real chest X-rays."
+)
+
+
 def _oof(p: Pipeline) -> str:
     """Join each model's (and the gate's) fold predictions into one out-of-fold file on ``coco/oof.json``.
 
@@ -500,6 +508,8 @@ def _leaderboards(p: Pipeline) -> str:
     runs = str(p.work_dir / "runs" / "*" / ("fold*" if p.cv_folds else ""))
     board = build_leaderboard(val, preds, metric=metric, bootstrap=0)  # findings run paired bootstraps
     notes = findings(board.rows, board.metric.label, scorer=Scorer(board.dataset, metric))
+    if p.data.get("synth"):
+        notes.insert(0, SYNTHETIC_NOTE)
     res = leaderboard(
         val,
         preds,

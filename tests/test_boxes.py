@@ -10,6 +10,7 @@ from core.boxes import (
     box_iou,
     box_iou_xywh_pairs,
     clip_boxes,
+    iou_above,
     iou_with_areas,
     round_xyxy_as_coco,
     scale_boxes,
@@ -57,6 +58,20 @@ def test_zero_area_boxes_give_zero_not_nan():
     z = np.zeros((1, 4))
     assert box_iou(z, z).tolist() == [[0.0]]
     assert iou_with_areas(z, box_area(z), z, box_area(z)).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("thr", [0.0, 0.3, 0.55, 1.0])
+def test_iou_above_is_exactly_the_iou_compared(thr):
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 1, (400, 2))
+    a = np.concatenate([xy, xy + rng.uniform(0, 0.4, (400, 2))], 1)
+    a[::7, 2:] = a[::7, :2]  # zero-area boxes, and pairs of them (0/0 in a plain division)
+    a[::11] = a[::11][::-1]  # some identical pairs (IoU 1) and disjoint ones
+    b = np.roll(a, 1, axis=0)
+    area_a, area_b = box_area(a), box_area(b)
+    expected = iou_with_areas(a, area_a, b, area_b) > thr
+    np.testing.assert_array_equal(iou_above(a, area_a, b, area_b, thr), expected)
+    assert expected.any() or thr == 1.0
 
 
 def test_conversions_clip_scale_and_coco_rounding():

@@ -300,7 +300,10 @@ def test_demo_pipeline_end_to_end_on_a_reduced_config(tmp_path):
     ).is_file()
     html = (work / "report" / "index.html").read_text()
     assert 'id="leaderboard"' in html and 'id="findings-list"' in html and "data:image/png;base64," in html
-    assert (work / "findings.md").read_text().startswith("- Fusion ")
+    lines = (work / "findings.md").read_text().splitlines()
+    # data the pipeline drew itself: the first finding says the scores are no evidence about real X-rays
+    assert lines[0].startswith("- Synthetic data:") and "no evidence about real chest X-rays" in lines[0]
+    assert lines[1].startswith("- Fusion ") and "Synthetic data" in html
     # the submission is the unlabelled test set's, fused with the settings the sweep chose on val
     test = CocoDataset.load(work / "coco_test" / "all.json")
     assert len(test.images) == 3 and test.annotations == []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from core.class_probs import ClassProbs, read_class_probs, write_class_probs
 from core.coco import CocoDataset
 from core.detections import Detections
 from core.predictions import read_gate, read_meta, read_predictions, write_gate, write_predictions
@@ -299,3 +300,49 @@ def test_rsna_flow_on_synthetic_rsna(tmp_path):
         vals = r[1].split()
         assert len(vals) % 5 == 0  # conf x y width height, in the 128-px original frame
         assert all(float(v) <= 128.1 for v in vals[1::5] + vals[2::5])
+
+
+def _fake_class_probs(ds: CocoDataset, p_of) -> ClassProbs:
+    """A multi-label classifier's file content on ``ds``: the dataset's classes + "No finding"."""
+    cats = sorted(ds.category_ids)
+    names = [ds.category_names[c] for c in cats]
+    ids = sorted(ds.image_ids)
+    probs = np.array([[p_of(iid, c) for c in [*cats, 14]] for iid in ids], np.float64)
+    return ClassProbs("multilabel", (*names, "No finding"), (*cats, 14), np.array(ids), probs)
+
+
+def test_a_multilabel_classifier_stands_in_for_the_gate_through_oof_rescore_and_the_test_set(tmp_path):
+    """The gate entry may be a multi-label classifier: its every-class probabilities survive the
+    out-of-fold join and the test set's fold mean, and the rescore rule fuses with them."""
+    data = _small(cv={"folds": [0, 1]})
+    data["gate"] = "configs/cpu/classifier_resnet18_multilabel.yaml"
+    data["ensemble"]["gate_mode"] = "rescore"
+    data["sweep"]["gate_modes"] = ["rescore", "append"]
+    p = load_pipeline(_write(tmp_path, data), work_dir=str(tmp_path / "w"))
+    run(p, only=["synth", "convert", "synth_test", "convert_test"], step_logs=True)
+    _fake_model_outputs(p, (0, 1))
+    test = CocoDataset.load(p.coco_test / "all.json")
+    folds = {}
+    for k in (0, 1):  # an informative classifier: P(class) high where the image has it
+        val = CocoDataset.load(p.coco / f"fold{k}_val.json")
+        has = {iid: {a["category_id"] for a in val.annotations_of(iid)} or {14} for iid in val.image_ids}
+        folds[k] = _fake_class_probs(val, lambda iid, c, has=has: 0.9 if c in has[iid] else 0.1)
+        write_class_probs(p.preds / f"fold{k}" / "gate.json", folds[k], {"name": "gate"})
+        const = _fake_class_probs(test, lambda iid, c, k=k: 0.1 + 0.4 * k)
+        write_class_probs(p.preds_test / f"fold{k}" / "gate.json", const, {"name": "gate"})
+    run(p, only=["oof", "fuse", "sweep", "fold_fuse", "fuse_test", "leaderboard", "submission"], step_logs=True)
+
+    oof = read_class_probs(p.preds / "oof" / "gate.json", CocoDataset.load(p.coco / "oof.json"))
+    assert oof.task == "multilabel" and oof.classes == folds[0].classes
+    for k in (0, 1):  # each image's probabilities are those of the fold model that did not see it
+        rows = np.searchsorted(oof.image_ids, folds[k].image_ids)
+        np.testing.assert_allclose(oof.probs[rows], folds[k].probs, atol=1e-6)
+    assert read_meta(p.preds / "oof" / "fusion_wbf_gate.json")["gate"]["mode"] == "rescore"
+    with open(p.work_dir / "sweep" / "results.csv", newline="") as f:
+        modes = {r["gate_mode"] for r in csv.DictReader(f)}
+    assert {"rescore", "append"} <= modes  # the sweep tried the per-class rule beside the binary one
+    mean = read_class_probs(p.preds_test / "gate.json", test)
+    assert mean.task == "multilabel" and np.allclose(mean.probs, 0.3)  # the mean of 0.1 and 0.5
+    with open(p.work_dir / "submission.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert sorted(r[0] for r in rows[1:]) == sorted(im["source_id"] for im in test.images)
