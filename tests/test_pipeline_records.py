@@ -230,3 +230,15 @@ def test_train_flag_resumes_only_an_interrupted_run_with_the_same_inputs(tiny_ru
     finally:
         write_record(p, done)
     assert _status(tiny_run.config)["train:yolov8n_cpu"][0] == "done"
+
+
+def test_jobs_2_runs_the_two_trainings_at_once_with_the_same_results(tiny_run, tmp_path):
+    """``--jobs 2`` (the local executor, two independent steps at a time): the trainings overlap in
+    time, as their records show, and every box, score and leaderboard row is the one-at-a-time run's."""
+    cfg = tiny_config(tmp_path, tmp_path / "w")
+    assert main(["run", str(cfg), "--jobs", "2", "-q"]) == 0
+    p = load_pipeline(cfg)
+    a, b = (read_record(p, f"train:{m}") for m in MODELS)
+    assert a["state"] == b["state"] == "done"
+    assert a["start"] < b["end"] and b["start"] < a["end"], "the two trainings did not overlap"
+    assert outputs_of(tmp_path / "w") == tiny_run.reference
