@@ -115,12 +115,21 @@ def file_sha256(path: str | Path) -> str:
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     digest = _SHA256_CACHE.get(key)
     if digest is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = _SHA256_CACHE[key] = h.hexdigest()
+        digest = _SHA256_CACHE[key] = sha256_of(path)
     return digest
+
+
+def sha256_of(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read now in 1 MiB blocks (`file_sha256` remembers it).
+
+    Raises:
+        OSError: if the file cannot be read.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:

@@ -33,7 +33,6 @@ users see and exchange; the companion only makes reading it fast (no pickle: ``a
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import os
 import zipfile
@@ -46,7 +45,7 @@ import numpy as np
 from core.boxes import round_xyxy_as_coco
 from core.coco import CocoDataset
 from core.detections import BOX_DECIMALS, SCORE_DECIMALS, Detections, from_coco_columns, from_coco_results
-from core.io import atomic_open, check_out_file, file_sha256, read_json, write_json
+from core.io import atomic_open, check_out_file, file_sha256, read_json, sha256_of, write_json
 
 log = logging.getLogger(__name__)
 
@@ -189,15 +188,6 @@ def _rows(image_id, category_id, bbox, score) -> list[dict]:
     ]
 
 
-def _digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_columnar(path: Path, columns: tuple[np.ndarray, ...]) -> Path:
     out = columnar_path(path)
     with atomic_open(out, "wb") as f:
@@ -206,7 +196,7 @@ def _write_columnar(path: Path, columns: tuple[np.ndarray, ...]) -> Path:
             **dict(zip(_COLUMNS, columns, strict=True)),
             version=np.int64(COLUMNAR_VERSION),
             json_size=np.int64(os.path.getsize(path)),
-            json_sha256=np.str_(_digest(path)),
+            json_sha256=np.str_(sha256_of(path)),
         )
     return out
 
@@ -230,7 +220,7 @@ def read_columnar(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             if int(z["version"]) != COLUMNAR_VERSION:
                 log.debug("%s: columnar layout version %s, not %s; reading the JSON", comp, z["version"], COLUMNAR_VERSION)
                 return None
-            if int(z["json_size"]) != os.path.getsize(path) or str(z["json_sha256"]) != _digest(path):
+            if int(z["json_size"]) != os.path.getsize(path) or str(z["json_sha256"]) != sha256_of(path):
                 log.debug("%s: does not mirror %s as it is now (stale); reading the JSON", comp, path)
                 return None
             image_id, category_id, bbox, score = (z[k] for k in _COLUMNS)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ast
 import datetime as _dt
-import hashlib
 import logging
 import os
 import platform
@@ -51,7 +50,7 @@ import yaml
 
 from core.classes import NO_FINDING, NO_FINDING_NAME
 from core.errors import UserError
-from core.io import atomic_open, read_json, write_json
+from core.io import atomic_open, read_json, sha256_of, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -146,15 +145,6 @@ def version_differences(recorded: Mapping[str, Any], current: Mapping[str, Any])
         if was != now:
             out.append(f"{name} {was or 'not installed'} (here {now or 'not installed'})")
     return out
-
-
-def sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -292,7 +282,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         if not p.is_file():
             raise BundleError(f"{p}: missing from the bundle (listed in {MANIFEST})")
         if verify:
-            got = sha256(p)
+            got = sha256_of(p)
             if got != digest:
                 raise BundleError(
                     f"{p}: SHA-256 {got[:16]}... differs from the manifest's {str(digest)[:16]}...: "
@@ -590,7 +580,7 @@ def export_bundle(
             write_settings(tmp / SETTINGS, settings, {"inputs": [m.name for m in p.models]})
             fusion_entry = {"name": name, "settings": SETTINGS, "method": settings.method, "gate_mode": settings.gate_mode}
         files = {
-            f.relative_to(tmp).as_posix(): sha256(f) for f in sorted(tmp.rglob("*")) if f.is_file()
+            f.relative_to(tmp).as_posix(): sha256_of(f) for f in sorted(tmp.rglob("*")) if f.is_file()
         }
         for entry in (*members["models"], *members["gate"]):
             entry["sha256"] = files[entry["weights"]]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.io import write_json
+from core.io import sha256_of, write_json
 from pipeline.config import REPO, Pipeline
 from pipeline.plan import Step
 
@@ -124,11 +124,7 @@ class Fingerprints:
         known = self._known.get(str(path))
         if known and known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns:
             return dict(known)
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return {"sha256": h.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"sha256": sha256_of(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
